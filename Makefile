@@ -1,0 +1,41 @@
+# Two commands: `make test` and `make demo`. Each sets everything up first (a project virtual
+# environment in .venv, torch first so that its CPU build is used where one is at hand, system
+# packages such as flite when missing).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH ?= torch==2.13.0
+DEMO_MINUTES ?= 12
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup test demo bench clean system-deps
+
+setup: $(STAMP)
+
+system-deps:
+	@command -v flite >/dev/null 2>&1 || { \
+	  echo "installing flite (the demo corpus's synthesiser)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q flite; }
+
+$(STAMP): pyproject.toml | system-deps
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77,<81" wheel
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/cyclegan-vc demo --out demo-output --minutes $(DEMO_MINUTES)
+
+bench: $(STAMP)
+	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/convert.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

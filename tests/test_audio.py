@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import soundfile as sf
+
+from cyclegan_vc.audio import AudioError, load_audio, resample, save_audio, to_mono
+
+
+def tone(freq=220.0, rate=16000, seconds=0.5, amp=0.5):
+    t = np.arange(int(rate * seconds)) / rate
+    return amp * np.sin(2 * np.pi * freq * t)
+
+
+def dominant_frequency(wave, rate):
+    spec = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+    return np.fft.rfftfreq(len(wave), 1 / rate)[np.argmax(spec)]
+
+
+@pytest.mark.parametrize(
+    "fmt,subtype",
+    [("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"),
+     ("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")],
+)
+def test_reads_every_format(tmp_path, fmt, subtype):
+    path = tmp_path / f"x.{fmt.lower()}"
+    sf.write(path, tone(), 16000, format=fmt, subtype=subtype)
+    wave, rate = load_audio(path)
+    assert rate == 16000 and wave.dtype == np.float64 and wave.ndim == 1
+    assert abs(len(wave) - 8000) <= 1
+    assert abs(dominant_frequency(wave, rate) - 220) < 5
+
+
+@pytest.mark.parametrize("orig", [8000, 22050, 44100, 48000])
+def test_resamples_to_configured_rate(tmp_path, orig):
+    path = tmp_path / "x.wav"
+    sf.write(path, tone(440.0, orig, 1.0), orig, subtype="PCM_24")
+    wave, rate = load_audio(path, 16000)
+    assert rate == 16000
+    assert abs(len(wave) - 16000) <= 2
+    assert abs(dominant_frequency(wave, rate) - 440) < 3
+    assert np.max(np.abs(wave)) == pytest.approx(0.5, abs=0.02)
+
+
+def test_keeps_rate_when_asked(tmp_path):
+    sf.write(tmp_path / "x.wav", tone(rate=22050), 22050)
+    assert load_audio(tmp_path / "x.wav", None)[1] == 22050
+
+
+def test_stereo_is_averaged_to_mono(tmp_path):
+    left, right = tone(220.0), tone(330.0, amp=0.25)
+    sf.write(tmp_path / "s.wav", np.stack([left, right], axis=1), 16000, subtype="FLOAT")
+    wave, _ = load_audio(tmp_path / "s.wav")
+    np.testing.assert_allclose(wave, (left + right) / 2, atol=1e-6)
+    assert to_mono(np.ones((4, 3))).shape == (4,)
+
+
+def test_resample_identity_and_length():
+    x = tone()
+    assert resample(x, 16000, 16000) is x
+    assert len(resample(x, 16000, 8000)) == 4000
+
+
+@pytest.mark.parametrize(
+    "make,problem",
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: sf.write(p, np.zeros(0), 16000), "zero length"),
+        (lambda p: p.write_text("this is not audio at all\n" * 20), "not a readable audio file"),
+        (lambda p: sf.write(p, np.array([0.1, np.nan] * 4000), 16000, subtype="FLOAT"), "non-finite"),
+        (lambda p: sf.write(p, np.array([0.1, np.inf] * 4000), 16000, subtype="FLOAT"), "non-finite"),
+        (lambda p: sf.write(p, np.zeros(16000), 16000), "all silent"),
+        (lambda p: sf.write(p, tone(seconds=0.02), 16000), "too short"),
+    ],
+    ids=["empty", "zero-length", "not-audio", "nan", "inf", "silent", "too-short"],
+)
+def test_bad_input_names_file_and_problem(tmp_path, make, problem):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(AudioError) as err:
+        load_audio(path)
+    assert str(path) in str(err.value)
+    assert problem in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AudioError, match="no such file"):
+        load_audio(tmp_path / "nope.wav")
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_save_round_trip(tmp_path, subtype):
+    x = tone()
+    path = save_audio(tmp_path / "sub" / "y.wav", x, 16000, subtype=subtype)
+    info = sf.info(path)
+    assert info.subtype == subtype and info.samplerate == 16000
+    y, _ = load_audio(path)
+    np.testing.assert_allclose(y, x, atol=1e-4 if subtype == "PCM_16" else 1e-7)
+    assert [p.name for p in path.parent.iterdir()] == ["y.wav"]  # no temporary left behind
+
+
+def test_save_failure_leaves_nothing(tmp_path):
+    with pytest.raises(Exception):
+        save_audio(tmp_path / "z.wav", tone(), 16000, subtype="NOT_A_SUBTYPE")
+    assert list(tmp_path.iterdir()) == []
