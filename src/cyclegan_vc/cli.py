@@ -1,0 +1,215 @@
+"""The ``cyclegan-vc`` command: each subcommand parses its arguments and calls the library
+function of the same name."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+
+log = logging.getLogger("cyclegan_vc")
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data.download import DEFAULT_BASE_URL, download_vcc2016
+
+    if args.corpus != "vcc2016":
+        raise SystemExit(f"unknown corpus {args.corpus!r}; available: vcc2016")
+    dest = download_vcc2016(args.dest, base_url=args.base_url or DEFAULT_BASE_URL)
+    print(f"VCC 2016 is in {dest}")
+    return 0
+
+
+def _cmd_make_demo_corpus(args: argparse.Namespace) -> int:
+    from .data.demo_corpus import make_demo_corpus
+
+    dest = make_demo_corpus(args.dest)
+    print(f"demo corpus written to {dest}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import format_summary, prepare
+
+    manifest = prepare(
+        args.source,
+        args.target,
+        args.out,
+        source_eval=args.source_eval,
+        target_eval=args.target_eval,
+        paper_split=args.paper_split,
+        f0=args.f0,
+        jobs=args.jobs,
+    )
+    print(format_summary(manifest))
+    print(f"prepared data in {args.out}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    train(
+        data=args.data,
+        run=args.run,
+        preset=args.preset,
+        iterations=args.iterations,
+        minutes=args.minutes,
+        resume=args.resume,
+        device=args.device,
+        overrides=args.set,
+    )
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .conversion import convert
+
+    report = convert(
+        args.model,
+        args.inputs,
+        args.out,
+        direction=args.direction,
+        f0=args.f0,
+        device=args.device,
+        keep_rate=args.keep_rate,
+    )
+    return 0 if not report.failures else 1
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    evaluate(args.model, args.source_eval, args.target_eval, args.out, device=args.device)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    demo(out=args.out, minutes=args.minutes, iterations=args.iterations, preset=args.preset)
+    return 0
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from .recipe import recipe
+
+    if args.corpus != "vcc2016":
+        raise SystemExit(f"unknown recipe {args.corpus!r}; available: vcc2016")
+    recipe(
+        root=args.root,
+        source=args.source,
+        target=args.target,
+        run=args.run,
+        preset=args.preset,
+        minutes=args.minutes,
+        iterations=args.iterations,
+        overrides=args.set,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cyclegan-vc", description="Non-parallel voice conversion with CycleGAN-VC."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("download", help="download a corpus (vcc2016)")
+    p.add_argument("corpus", choices=["vcc2016"])
+    p.add_argument("--dest", required=True, type=Path, help="folder to extract into")
+    p.add_argument("--base-url", default=None, help="mirror holding vcc2016_training.zip and evaluation_all.zip")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("make-demo-corpus", help="render the offline two-speaker demo corpus with flite")
+    p.add_argument("--dest", required=True, type=Path)
+    p.set_defaults(func=_cmd_make_demo_corpus)
+
+    p = sub.add_parser("prepare", help="WORLD analysis, cache and per-speaker statistics")
+    p.add_argument("--source", required=True, type=Path, help="source speaker's training audio folder (A)")
+    p.add_argument("--target", required=True, type=Path, help="target speaker's training audio folder (B)")
+    p.add_argument("--out", required=True, type=Path, help="prepared-data directory")
+    p.add_argument("--source-eval", type=Path, help="source speaker's held-out audio (parallel to --target-eval)")
+    p.add_argument("--target-eval", type=Path, help="target speaker's held-out audio")
+    p.add_argument("--paper-split", action="store_true", help="first half of source files, second half of target")
+    p.add_argument("--f0", choices=["harvest", "dio"], default=None, help="F0 estimator (default harvest)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train CycleGAN-VC on prepared data")
+    p.add_argument("--data", required=True, type=Path, help="prepared-data directory")
+    p.add_argument("--run", required=True, type=Path, help="run directory (config, checkpoints, logs)")
+    p.add_argument("--preset", default="paper", help="paper | small | debug")
+    p.add_argument("--iterations", type=int, default=None, help="total iterations (default: the preset's)")
+    p.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest state")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("convert", help="convert recordings with a trained model")
+    p.add_argument("inputs", nargs="+", help="audio files, folders (recursive) or globs")
+    p.add_argument("--model", required=True, type=Path, help="run directory or exported model file")
+    p.add_argument("--direction", default="A2B", choices=["A2B", "B2A"])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--f0", choices=["harvest", "dio"], default=None, help="F0 estimator (default: the model's)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--keep-rate", action="store_true", help="write at the input's sample rate")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("evaluate", help="objective evaluation against baselines on parallel held-out data")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--source-eval", required=True, type=Path)
+    p.add_argument("--target-eval", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="corpus -> prepare -> train -> convert -> evaluate, offline")
+    p.add_argument("--out", type=Path, default=Path("demo-output"))
+    p.add_argument("--minutes", type=float, default=12.0, help="training time budget")
+    p.add_argument("--iterations", type=int, default=None, help="stop after N iterations instead")
+    p.add_argument("--preset", default="small")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("recipe", help="the paper's protocol on a corpus (vcc2016)")
+    p.add_argument("corpus", choices=["vcc2016"])
+    p.add_argument("--root", required=True, type=Path, help="folder holding vcc2016_training/ and evaluation_all/")
+    p.add_argument("--source", default="SF1")
+    p.add_argument("--target", default="TF2")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--preset", default="small")
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_recipe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        log.debug("error", exc_info=True)
+        print(f"cyclegan-vc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The prepare stage: parallel WORLD analysis of two speakers' folders, a content-keyed cache,
+per-speaker statistics and a manifest.
+
+Output directory layout::
+
+    OUT/manifest.json     what was produced: feature settings, utterances per role and split, skips
+    OUT/stats.json        {"A": SpeakerStats, "B": SpeakerStats}, from the training split only
+    OUT/cache/<key>.npz   one per utterance: f0 (T,) Hz, mcep (T, D), ap_coded (T, bands)
+
+Role "A" is the source speaker, "B" the target. The cache key hashes the file's bytes together with
+the feature settings, so a rerun analyses nothing and a changed setting recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import __version__
+from .audio import AudioError, load_audio
+from .data.corpus import list_audio_files, paper_split as apply_paper_split, utterance_id
+from .features import FeatureConfig, analyze, encode_aperiodicity
+from .stats import SpeakerStats, StatsAccumulator
+from .utils import atomic_save_npz, atomic_write_json, read_json
+
+__all__ = [
+    "MANIFEST_VERSION",
+    "feature_config",
+    "format_summary",
+    "load_features",
+    "load_manifest",
+    "load_stats",
+    "prepare",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+#: Bumped whenever the content of a cached ``.npz`` changes meaning.
+CACHE_VERSION = 1
+ROLES = ("A", "B")
+
+
+@dataclass(frozen=True)
+class _Job:
+    role: str
+    split: str
+    audio: Path
+    uid: str
+    key: str
+
+
+def cache_key(path: Path, config: FeatureConfig) -> str:
+    """sha256 of the file's bytes, the feature settings and the cache version (32 hex digits)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(json.dumps({"features": config.to_dict(), "cache": CACHE_VERSION}, sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def _analyze_to_cache(audio: str, dest: str, config: dict) -> tuple[int, float] | str:
+    """Worker: analyse one file into ``dest``; returns (frames, seconds) or the error message."""
+    cfg = FeatureConfig.from_dict(config)
+    try:
+        wave, rate = load_audio(audio, cfg.sample_rate)
+    except AudioError as exc:
+        return exc.problem
+    feats = analyze(wave, cfg)
+    atomic_save_npz(
+        dest,
+        f0=feats.f0,
+        mcep=feats.mcep.astype(np.float32),
+        ap_coded=encode_aperiodicity(feats.ap, cfg).astype(np.float32),
+    )
+    return feats.n_frames, wave.size / rate
+
+
+def _collect(folder: Path | None) -> list[tuple[Path, str]]:
+    if folder is None:
+        return []
+    root = Path(folder)
+    return [(p, utterance_id(p, root)) for p in list_audio_files(root)]
+
+
+def prepare(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    source_eval: str | os.PathLike | None = None,
+    target_eval: str | os.PathLike | None = None,
+    paper_split: bool = False,
+    f0: str | None = None,
+    jobs: int | None = None,
+    features: FeatureConfig | None = None,
+    progress: bool = True,
+) -> dict:
+    """Analyse a source (A) and a target (B) speaker's audio folders into ``out``.
+
+    Args:
+        source, target: folders of training audio, one speaker each (searched recursively).
+        out: the prepared-data directory (created; the cache inside it is reused).
+        source_eval, target_eval: optional held-out folders; same file names = same sentence.
+        paper_split: keep the first half of the source's files and the second half of the target's,
+            the paper's non-parallel protocol for a parallel corpus.
+        f0: ``"harvest"`` or ``"dio"``; overrides ``features.f0_method``.
+        jobs: worker processes (default: all cores); 1 analyses in this process.
+        features: feature settings (default :class:`FeatureConfig`).
+
+    Returns:
+        The manifest (also written to ``out/manifest.json``), with ``run`` counts of analysed,
+        cached and skipped files.
+    """
+    config = features or FeatureConfig()
+    if f0 is not None:
+        config = config.replace(f0_method=f0)
+    out = Path(out)
+    cache_dir = out / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    listing: dict[tuple[str, str], list[tuple[Path, str]]] = {
+        ("A", "train"): _collect(Path(source)),
+        ("B", "train"): _collect(Path(target)),
+        ("A", "eval"): _collect(source_eval and Path(source_eval)),
+        ("B", "eval"): _collect(target_eval and Path(target_eval)),
+    }
+    if paper_split:
+        a, b = apply_paper_split(listing[("A", "train")], listing[("B", "train")])
+        listing[("A", "train")], listing[("B", "train")] = list(a), list(b)
+
+    all_jobs = [
+        _Job(role, split, path.resolve(), uid, cache_key(path, config))
+        for (role, split), files in listing.items()
+        for path, uid in files
+    ]
+    todo = {}
+    for job in all_jobs:
+        if not (cache_dir / f"{job.key}.npz").exists():
+            todo.setdefault(job.key, job)  # identical files are analysed once
+    results: dict[str, tuple[int, float] | str] = {}
+    jobs = max(1, jobs or os.cpu_count() or 1)
+    bar = tqdm(total=len(todo), desc="analysing", unit="file", disable=not progress or not todo)
+    if jobs == 1 or len(todo) <= 1:
+        for key, job in todo.items():
+            results[key] = _analyze_to_cache(str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict())
+            bar.update()
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_analyze_to_cache, str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict()): key
+                for key, job in todo.items()
+            }
+            for fut in as_completed(futures):
+                key = futures[fut]
+                try:
+                    results[key] = fut.result()
+                except Exception as exc:  # an analysis crash in one file must not end the run
+                    results[key] = f"analysis failed: {exc}"
+                bar.update()
+    bar.close()
+
+    speakers = {
+        role: {"name": Path(source if role == "A" else target).name, "train": [], "eval": []} for role in ROLES
+    }
+    skipped = []
+    accumulators = {role: StatsAccumulator() for role in ROLES}
+    for job in all_jobs:
+        npz = cache_dir / f"{job.key}.npz"
+        result = results.get(job.key)
+        if isinstance(result, str):
+            skipped.append({"audio": str(job.audio), "role": job.role, "split": job.split, "reason": result})
+            log.warning("skipped %s: %s", job.audio, result)
+            continue
+        with np.load(npz) as data:
+            f0_arr, mcep = data["f0"], data["mcep"]
+        frames = int(f0_arr.shape[0])
+        speakers[job.role][job.split].append(
+            {
+                "id": job.uid,
+                "audio": str(job.audio),
+                "features": f"cache/{npz.name}",
+                "frames": frames,
+                "seconds": round(frames * config.frame_period / 1000.0, 3),
+            }
+        )
+        if job.split == "train":
+            accumulators[job.role].add(f0_arr, mcep)
+
+    stats = {}
+    for role in ROLES:
+        if not speakers[role]["train"]:
+            raise ValueError(
+                f"no usable training audio for speaker {role} ({source if role == 'A' else target}); "
+                f"{len(skipped)} file(s) skipped"
+            )
+        stats[role] = accumulators[role].result().to_dict()
+
+    analysed = sum(1 for r in results.values() if not isinstance(r, str))
+    manifest = {
+        "format_version": MANIFEST_VERSION,
+        "package_version": __version__,
+        "features": config.to_dict(),
+        "paper_split": bool(paper_split),
+        "speakers": speakers,
+        "skipped": skipped,
+        "run": {"analysed": analysed, "cached": len(all_jobs) - len(skipped) - analysed, "skipped": len(skipped)},
+    }
+    atomic_write_json(out / "stats.json", stats)
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_manifest(prepared_dir: str | os.PathLike) -> dict:
+    """Read ``manifest.json``; raise a clear error when it is missing or of another format."""
+    path = Path(prepared_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest; run `cyclegan-vc prepare` first")
+    manifest = read_json(path)
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise ValueError(f"{path}: manifest format {manifest.get('format_version')}, expected {MANIFEST_VERSION}")
+    return manifest
+
+
+def load_stats(prepared_dir: str | os.PathLike) -> dict[str, SpeakerStats]:
+    """Per-role statistics ``{"A": SpeakerStats, "B": SpeakerStats}``."""
+    raw = read_json(Path(prepared_dir) / "stats.json")
+    return {role: SpeakerStats.from_dict(raw[role]) for role in ROLES}
+
+
+def feature_config(prepared_dir: str | os.PathLike) -> FeatureConfig:
+    return FeatureConfig.from_dict(load_manifest(prepared_dir)["features"])
+
+
+def load_features(prepared_dir: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]:
+    """The cached arrays of one manifest entry: ``f0`` (T,), ``mcep`` (T, D), ``ap_coded`` (T, bands)."""
+    path = Path(prepared_dir) / entry["features"]
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def format_summary(manifest: dict) -> str:
+    """A plain-text table: files and minutes per speaker and split, then every skipped file."""
+    lines = [f"{'role':<5}{'speaker':<16}{'split':<7}{'files':>7}{'minutes':>9}"]
+    for role in ROLES:
+        spk = manifest["speakers"][role]
+        for split in ("train", "eval"):
+            entries = spk[split]
+            minutes = sum(e["seconds"] for e in entries) / 60.0
+            lines.append(f"{role:<5}{spk['name']:<16}{split:<7}{len(entries):>7}{minutes:>9.2f}")
+    run = manifest.get("run", {})
+    lines.append(
+        f"analysed {run.get('analysed', 0)}, from cache {run.get('cached', 0)}, skipped {run.get('skipped', 0)}"
+    )
+    for s in manifest["skipped"]:
+        lines.append(f"  skipped {s['audio']} ({s['role']}/{s['split']}): {s['reason']}")
+    return "\n".join(lines)
