@@ -81,6 +81,9 @@ def test_second_run_uses_the_cache_and_a_changed_setting_recomputes(corpus, tmp_
     again = run(corpus, out)
     assert again["run"] == {"analysed": 0, "cached": 12, "skipped": 0}
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cache").iterdir()} == stamps
+    shared = run(corpus, tmp_path / "other", cache_dir=out / "cache")  # a cache shared by two outputs
+    assert shared["run"]["analysed"] == 0
+    assert load_features(tmp_path / "other", shared["speakers"]["A"]["train"][0])["mcep"].shape[1] == 24
     changed = run(corpus, out, features=FeatureConfig(mcep_dim=36))
     assert changed["run"]["analysed"] == 12
     assert load_features(out, changed["speakers"]["A"]["train"][0])["mcep"].shape[1] == 36

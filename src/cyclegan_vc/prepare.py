@@ -104,6 +104,7 @@ def prepare(
     f0: str | None = None,
     jobs: int | None = None,
     features: FeatureConfig | None = None,
+    cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> dict:
     """Analyse a source (A) and a target (B) speaker's audio folders into ``out``.
@@ -117,6 +118,8 @@ def prepare(
         f0: ``"harvest"`` or ``"dio"``; overrides ``features.f0_method``.
         jobs: worker processes (default: all cores); 1 analyses in this process.
         features: feature settings (default :class:`FeatureConfig`).
+        cache_dir: where the per-utterance ``.npz`` files go (default ``out/cache``); several
+            prepared directories may share one cache, since keys include content and settings.
 
     Returns:
         The manifest (also written to ``out/manifest.json``), with ``run`` counts of analysed,
@@ -126,7 +129,7 @@ def prepare(
     if f0 is not None:
         config = config.replace(f0_method=f0)
     out = Path(out)
-    cache_dir = out / "cache"
+    cache_dir = Path(cache_dir) if cache_dir is not None else out / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
 
     listing: dict[tuple[str, str], list[tuple[Path, str]]] = {
@@ -190,7 +193,7 @@ def prepare(
             {
                 "id": job.uid,
                 "audio": str(job.audio),
-                "features": f"cache/{npz.name}",
+                "features": _relative_or_absolute(npz, out),
                 "frames": frames,
                 "seconds": round(frames * config.frame_period / 1000.0, 3),
             }
@@ -220,6 +223,13 @@ def prepare(
     atomic_write_json(out / "stats.json", stats)
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _relative_or_absolute(path: Path, base: Path) -> str:
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path.resolve())
 
 
 def load_manifest(prepared_dir: str | os.PathLike) -> dict:
