@@ -15,8 +15,10 @@ import pyworld
 __all__ = [
     "F0_METHODS",
     "FeatureConfig",
+    "SpectralEnvelope",
     "WorldFeatures",
     "analyze",
+    "analyze_envelope",
     "decode_aperiodicity",
     "decode_envelope",
     "encode_aperiodicity",
@@ -134,6 +136,28 @@ def analyze(wave: np.ndarray, config: FeatureConfig = FeatureConfig()) -> WorldF
     sp = pyworld.cheaptrick(x, f0, t, config.sample_rate, f0_floor=config.f0_floor, fft_size=fft_size)
     ap = pyworld.d4c(x, f0, t, config.sample_rate, fft_size=fft_size)
     return WorldFeatures(f0=f0, mcep=encode_envelope(sp, config), ap=ap)
+
+
+@dataclass
+class SpectralEnvelope:
+    """F0 and the raw (uncoded) CheapTrick envelope of one utterance, as objective evaluation needs.
+
+    Attributes:
+        f0: ``(T,)`` float64, Hz; 0 on unvoiced frames.
+        sp: ``(T, fft_size // 2 + 1)`` float64 power spectral envelope.
+    """
+
+    f0: np.ndarray
+    sp: np.ndarray
+
+
+def analyze_envelope(wave: np.ndarray, config: FeatureConfig = FeatureConfig()) -> SpectralEnvelope:
+    """F0 and CheapTrick envelope of a mono waveform at ``config.sample_rate``, without coding it
+    to ``mcep_dim`` coefficients and without aperiodicity (the same F0 and envelope as :func:`analyze`)."""
+    x = np.ascontiguousarray(wave, dtype=np.float64)
+    f0, t = estimate_f0(x, config)
+    sp = pyworld.cheaptrick(x, f0, t, config.sample_rate, f0_floor=config.f0_floor, fft_size=config.fft_size)
+    return SpectralEnvelope(f0=f0, sp=sp)
 
 
 def synthesize(features: WorldFeatures, config: FeatureConfig = FeatureConfig()) -> np.ndarray:

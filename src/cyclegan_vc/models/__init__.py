@@ -1,0 +1,85 @@
+"""Networks chosen by name from explicit registries and built from explicit keyword arguments.
+
+>>> g = build_generator("cyclegan_vc", base_channels=32)
+>>> d = build_discriminator("cyclegan_vc", base_channels=32, head="patch")
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from .discriminator import DISCRIMINATOR_HEADS, CycleGANVCDiscriminator
+from .generator import CycleGANVCGenerator
+from .layers import GatedConv1d, GatedConv2d, ResidualBlock1d, glu, pixel_shuffle_1d
+
+__all__ = [
+    "DISCRIMINATORS",
+    "DISCRIMINATOR_HEADS",
+    "GENERATORS",
+    "CycleGANVCDiscriminator",
+    "CycleGANVCGenerator",
+    "GatedConv1d",
+    "GatedConv2d",
+    "ResidualBlock1d",
+    "build_discriminator",
+    "build_generator",
+    "check_kwargs",
+    "count_parameters",
+    "resolve_kwargs",
+    "glu",
+    "pixel_shuffle_1d",
+]
+
+GENERATORS: dict[str, type[nn.Module]] = {"cyclegan_vc": CycleGANVCGenerator}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {"cyclegan_vc": CycleGANVCDiscriminator}
+
+
+def _lookup(registry: dict[str, type[nn.Module]], kind: str, name: str) -> type[nn.Module]:
+    try:
+        return registry[name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} {name!r}; available: {sorted(registry)}") from None
+
+
+def check_kwargs(kind: str, name: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the bad keys if ``kwargs`` do not fit the constructor of ``name``.
+
+    ``kind`` is ``"generator"`` or ``"discriminator"``.
+    """
+    registry = {"generator": GENERATORS, "discriminator": DISCRIMINATORS}[kind]
+    cls = _lookup(registry, kind, name)
+    params = inspect.signature(cls.__init__).parameters
+    allowed = [p for p in params if p != "self"]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {kind} argument(s) {unknown} for {name!r}; allowed: {allowed}")
+
+
+def resolve_kwargs(kind: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` completed with the constructor defaults of ``name`` (after :func:`check_kwargs`)."""
+    check_kwargs(kind, name, kwargs)
+    registry = {"generator": GENERATORS, "discriminator": DISCRIMINATORS}[kind]
+    params = inspect.signature(registry[name].__init__).parameters
+    resolved = {p.name: p.default for p in params.values() if p.name != "self" and p.default is not p.empty}
+    resolved.update(kwargs)
+    return resolved
+
+
+def build_generator(name: str, **kwargs: Any) -> nn.Module:
+    """The generator registered as ``name``, built with ``kwargs`` (its constructor's keyword arguments)."""
+    check_kwargs("generator", name, kwargs)
+    return GENERATORS[name](**kwargs)
+
+
+def build_discriminator(name: str, **kwargs: Any) -> nn.Module:
+    """The discriminator registered as ``name``, built with ``kwargs``."""
+    check_kwargs("discriminator", name, kwargs)
+    return DISCRIMINATORS[name](**kwargs)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
