@@ -28,3 +28,41 @@ def vcc_file(vcc_root):
         return vcc_root / split / speaker / f"{number}.flac"
 
     return get
+
+
+#: Real VCC 2016 utterances behind the ``tiny_prepared`` fixture: among the shortest (about 1.1-1.3 s) of
+#: SF1 and TM3, two training files per speaker and one parallel evaluation sentence.
+TINY_TRAIN_IDS = (100082, 100158)
+TINY_EVAL_IDS = (200027,)
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory, vcc_root) -> Path:
+    """A prepared-data directory made by the real ``prepare`` stage (dio F0, one process) from a few short
+    VCC 2016 files: A = SF1, B = TM3, 2 training utterances each, 1 parallel eval utterance.
+
+    Shared by the whole session: tests must treat it as read-only.
+    """
+    import shutil
+
+    from cyclegan_vc.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny_corpus")
+    for spk in ("SF1", "TM3"):
+        for split, folder, numbers in (("train", "vcc2016_training", TINY_TRAIN_IDS), ("eval", "evaluation_all", TINY_EVAL_IDS)):
+            dst = root / split / spk
+            dst.mkdir(parents=True, exist_ok=True)
+            for n in numbers:
+                shutil.copy(vcc_root / folder / spk / f"{n}.flac", dst / f"{n}.flac")
+    out = root / "prepared"
+    prepare(
+        root / "train" / "SF1",
+        root / "train" / "TM3",
+        out,
+        source_eval=root / "eval" / "SF1",
+        target_eval=root / "eval" / "TM3",
+        f0="dio",
+        jobs=1,
+        progress=False,
+    )
+    return out

@@ -8,6 +8,7 @@ Run directory written by :func:`train`::
     RUN/model_latest.safetensors             exported conversion model, latest weights
     RUN/model_best.safetensors               exported conversion model with the best validation score
     RUN/validation.json                      every validation: step and metrics
+    RUN/data.json                            {"prepared": absolute path of the prepared-data directory}
     RUN/samples/step_00005000/A2B_<id>.wav   converted held-out utterances
     RUN/tensorboard/                         scalars (losses, learning rates, validation) and audio
 
@@ -777,6 +778,8 @@ def train(
         trainer.load(state_path)
         log.info("resumed %s at step %d", run, trainer.step)
     save_config(config, run / "config.yaml", package_version=__version__)
+    # Where the features came from: evaluation finds the speakers' training recordings through it.
+    atomic_write_json(run / "data.json", {"prepared": str(Path(data).resolve())})
     history_path = run / "validation.json"
     history = read_json(history_path) if (resume and history_path.is_file()) else []
     log.info(
