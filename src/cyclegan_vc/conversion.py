@@ -7,38 +7,75 @@ Per direction (``"A2B"``: source speaker A to target B; ``"B2A"`` the reverse):
 - mel-cepstra normalised with the *input* speaker's statistics, passed through the generator,
   de-normalised with the *output* speaker's statistics; the frame count is padded to a multiple of
   4 (the generator downsamples twice) and trimmed back;
-- WORLD synthesis, trimmed to the input's length.
+- WORLD synthesis, padded or trimmed to the input's length (same duration in and out).
 
-Inputs longer than ``chunk_seconds`` are converted in chunks with ``context_seconds`` of audio on
-each side; chunks are joined at the quietest 10 ms near each nominal boundary with a short
-cross-fade, so memory stays bounded by the chunk size whatever the input's length.
+Long inputs are converted in chunks. Boundaries lie near every ``chunk_seconds`` of audio, each
+moved to the quietest 10 ms within a quarter chunk (at most 1 s) of its nominal place; every chunk
+is analysed and converted with ``context_seconds`` of audio on both sides (so F0 tracking and the
+generator's receptive field are unaffected near the joins), and neighbouring chunks are joined
+with a 20 ms linear cross-fade centred on the boundary. What differs between chunks, the
+generator's instance-normalisation statistics and the phase of WORLD's excitation pulses, is
+inaudible at a quiet point. An input of up to 1.5 chunks is converted in one piece.
+
+Files are converted as streams: read in blocks (once to validate: readable, finite, not silent;
+once to convert), resampled to the model's rate with a streaming resampler (the same samples as a
+one-shot resample), converted chunk by chunk and written to a temporary file that is renamed over
+the output only when the whole file succeeded. Memory is therefore bounded by the chunk size, not
+by the recording's length, and a failed input never leaves a partial output behind.
+
+Speed: the time goes to WORLD (pyworld), not to the network; see ``benchmarks/convert.py``.
+:attr:`VoiceConverter.timings` accumulates the seconds spent in analysis, network and synthesis.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import os
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .audio import AUDIO_EXTENSIONS, AudioError, load_audio, resample, save_audio, validate_waveform
+from .audio import (
+    AUDIO_EXTENSIONS,
+    MIN_DURATION_S,
+    SILENCE_PEAK,
+    AudioError,
+    resample,
+    validate_waveform,
+)
 from .features import FeatureConfig, WorldFeatures, analyze, synthesize
 from .stats import SpeakerStats, convert_f0, denormalize, normalize
 
-__all__ = ["ConversionReport", "VoiceConverter", "convert", "expand_inputs"]
+__all__ = [
+    "DIRECTIONS",
+    "Chunk",
+    "ConversionReport",
+    "VoiceConverter",
+    "convert",
+    "expand_inputs",
+    "plan_chunks",
+    "resolve_device",
+]
 
 log = logging.getLogger(__name__)
 
+#: direction -> (input speaker role, output speaker role, generator role)
 DIRECTIONS = {"A2B": ("A", "B", "G_ab"), "B2A": ("B", "A", "G_ba")}
-FRAME_MULTIPLE = 4
+FRAME_MULTIPLE = 4  # the generator downsamples twice by 2
+FADE_SECONDS = 0.01  # half the cross-fade; also the window of the quiet-point search
+READ_BLOCK_SECONDS = 10.0  # block size when streaming a file
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -48,11 +85,131 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _direction(direction: str) -> tuple[str, str, str]:
+    try:
+        return DIRECTIONS[direction]
+    except KeyError:
+        raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}") from None
+
+
+# -- chunking ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a long input, in samples at the model's rate.
+
+    The chunk owns ``[start, end)`` of the output; ``[lo, hi)`` is what is analysed (the chunk with
+    ``context_seconds`` of audio and the 10 ms cross-fade margin on each side, clipped to the input).
+    ``last`` marks the final chunk (its ``end`` is the input's length).
+    """
+
+    start: int
+    end: int
+    lo: int
+    hi: int
+    last: bool
+
+
+class _Chunker:
+    """Chunk boundaries of a waveform that arrives in blocks (see :func:`plan_chunks`).
+
+    Holds at most about two chunks of samples: samples before the current chunk's analysis window
+    are dropped as soon as it is planned.
+    """
+
+    def __init__(self, blocks: Iterable[np.ndarray], rate: int, chunk_seconds: float, context_seconds: float):
+        self.blocks = iter(blocks)
+        self.fade = int(FADE_SECONDS * rate)
+        self.chunk = max(int(round(chunk_seconds * rate)), 8 * self.fade)
+        self.context = int(round(context_seconds * rate))
+        self.reach = min(self.chunk // 4, rate)
+        self.buf = np.zeros(0)
+        self.buf_start = 0  # absolute index of buf[0]
+        self.eof = False
+
+    @property
+    def available(self) -> int:
+        """Absolute end of the samples read so far."""
+        return self.buf_start + len(self.buf)
+
+    def fill(self, upto: int) -> None:
+        """Read blocks until samples ``[.., upto)`` are buffered or the input ends."""
+        parts = [self.buf] if len(self.buf) else []
+        have = self.available
+        while have < upto and not self.eof:
+            try:
+                block = np.asarray(next(self.blocks), dtype=np.float64).reshape(-1)
+            except StopIteration:
+                self.eof = True
+                break
+            parts.append(block)
+            have += len(block)
+        if have > self.available:
+            self.buf = parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def samples(self, lo: int, hi: int) -> np.ndarray:
+        return self.buf[lo - self.buf_start : hi - self.buf_start]
+
+    def quiet_point(self, nominal: int) -> int:
+        """The centre of the quietest 10 ms within ``reach`` samples of ``nominal``."""
+        win = self.fade
+        lo, hi = max(win, nominal - self.reach), nominal + self.reach
+        frames = self.samples(lo, hi)[: (hi - lo) // win * win].reshape(-1, win)
+        return lo + int(np.argmin(np.square(frames).sum(axis=1))) * win + win // 2
+
+    def __iter__(self) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """Yield ``(chunk, samples[lo:hi])`` in order."""
+        start, k = 0, 1
+        while True:
+            nominal = k * self.chunk
+            # a boundary near `nominal` exists when more than half a chunk follows it
+            self.fill(nominal + self.chunk // 2 + 1)
+            last = self.available <= nominal + self.chunk // 2
+            if last:
+                end = self.available  # the input ended
+            else:
+                self.fill(nominal + self.reach)
+                end = self.quiet_point(nominal)
+            margin = 0 if (start == 0 and last) else self.fade + self.context
+            lo = max(0, start - margin)
+            self.fill(end + margin)
+            hi = min(self.available, end + margin)
+            yield Chunk(start, end, lo, hi, last), self.samples(lo, hi)
+            if last:
+                return
+            # drop what no later chunk analyses (a view: no copy; the next fill() compacts)
+            keep = max(self.buf_start, end - self.fade - self.context)
+            self.buf, self.buf_start = self.samples(keep, self.available), keep
+            start, k = end, k + 1
+
+
+def plan_chunks(wave: np.ndarray, rate: int, chunk_seconds: float = 30.0, context_seconds: float = 1.0) -> list[Chunk]:
+    """The chunks a waveform ``(samples,)`` at ``rate`` Hz is converted in (what
+    :meth:`VoiceConverter.convert` does with the same settings). One chunk when the input is at
+    most 1.5 chunks long."""
+    return [chunk for chunk, _ in _Chunker([np.asarray(wave, dtype=np.float64)], rate, chunk_seconds, context_seconds)]
+
+
+# -- the converter -------------------------------------------------------------------------------
 class VoiceConverter:
     """Both generators of a trained model with the speakers' statistics and feature settings.
 
     >>> vc = VoiceConverter.load("runs/demo")                  # run directory or exported model file
     >>> wave, rate = vc.convert(wave, 44100, direction="A2B")  # any rate in, the model's rate out
+    >>> vc.convert_file("in.flac", "out/in.wav", direction="B2A", keep_rate=True)
+
+    Args:
+        generators: ``{"G_ab": A->B, "G_ba": B->A}`` generators (moved to ``device``, eval mode).
+        stats: ``{"A": SpeakerStats, "B": SpeakerStats}`` of the training data.
+        features: the WORLD settings the model was trained with (rate, frame period, F0 method).
+        speakers: role -> speaker name, for messages.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        chunk_seconds: nominal chunk length of long inputs (seconds of audio).
+        context_seconds: audio analysed on each side of a chunk and discarded (seconds).
+
+    Attributes:
+        timings: cumulative wall seconds per stage, ``{"analysis", "network", "synthesis"}``
+            (``"network"`` includes the F0 transform and the (de-)normalisation); reset it with
+            :meth:`reset_timings`.
     """
 
     def __init__(
@@ -65,20 +222,31 @@ class VoiceConverter:
         chunk_seconds: float = 30.0,
         context_seconds: float = 1.0,
     ):
+        if chunk_seconds <= 0 or context_seconds < 0:
+            raise ValueError("chunk_seconds must be > 0 and context_seconds >= 0")
+        missing = sorted({"G_ab", "G_ba"} - set(generators)) + sorted({"A", "B"} - set(stats))
+        if missing:
+            raise ValueError(f"VoiceConverter needs generators G_ab, G_ba and stats A, B; missing {missing}")
         self.device = resolve_device(device)
         self.generators = {name: g.to(self.device).eval() for name, g in generators.items()}
         self.stats = stats
         self.features = features
         self.speakers = speakers or {"A": "A", "B": "B"}
-        self.chunk_seconds = chunk_seconds
-        self.context_seconds = context_seconds
+        self.chunk_seconds = float(chunk_seconds)
+        self.context_seconds = float(context_seconds)
+        self.timings: dict[str, float] = {}
+        self.reset_timings()
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto", **kwargs) -> "VoiceConverter":
-        """Load an exported model (file) or the best model of a run directory."""
+        """Load an exported model (file) or the best model of a run directory.
+
+        ``kwargs`` go to the constructor (``chunk_seconds``, ``context_seconds``).
+        """
         from .checkpoint import load_model
 
-        model = load_model(path, device=resolve_device(device))
+        device = resolve_device(device)
+        model = load_model(path, device=device)
         return cls(
             generators=model.generators,
             stats=model.stats,
@@ -90,13 +258,26 @@ class VoiceConverter:
 
     @property
     def sample_rate(self) -> int:
+        """The model's sample rate (Hz): conversion happens, and output comes, at this rate."""
         return self.features.sample_rate
+
+    def reset_timings(self) -> None:
+        self.timings = {"analysis": 0.0, "network": 0.0, "synthesis": 0.0}
+
+    def _config(self, f0_method: str | None) -> FeatureConfig:
+        return self.features if f0_method in (None, self.features.f0_method) else self.features.replace(f0_method=f0_method)
 
     # -- features ---------------------------------------------------------------------------
     @torch.inference_mode()
     def convert_mcep(self, mcep: np.ndarray, direction: str = "A2B") -> np.ndarray:
-        """``(T, D)`` mel-cepstra of the input speaker -> ``(T, D)`` of the output speaker."""
+        """``(T, D)`` mel-cepstra of the input speaker -> ``(T, D)`` float64 of the output speaker.
+
+        The frame count is padded to a multiple of 4 by repeating the last frame and trimmed back.
+        """
         src, tgt, gen = _direction(direction)
+        mcep = np.asarray(mcep, dtype=np.float64)
+        if mcep.ndim != 2 or mcep.shape[0] == 0:
+            raise ValueError(f"mcep must be (frames, dims) with frames > 0, got shape {mcep.shape}")
         frames = mcep.shape[0]
         norm = normalize(mcep, self.stats[src]).astype(np.float32)
         pad = (-frames) % FRAME_MULTIPLE
@@ -117,10 +298,48 @@ class VoiceConverter:
 
     # -- waveforms --------------------------------------------------------------------------
     def _convert_segment(self, wave: np.ndarray, direction: str, config: FeatureConfig) -> np.ndarray:
-        out = synthesize(self.convert_features(analyze(wave, config), direction), config)
+        """One piece: ``(samples,)`` at the model's rate -> converted ``(samples,)``."""
+        t0 = time.perf_counter()
+        feats = analyze(wave, config)
+        t1 = time.perf_counter()
+        converted = self.convert_features(feats, direction)
+        del feats
+        t2 = time.perf_counter()
+        out = synthesize(converted, config)
+        t3 = time.perf_counter()
+        self.timings["analysis"] += t1 - t0
+        self.timings["network"] += t2 - t1
+        self.timings["synthesis"] += t3 - t2
         if len(out) < len(wave):
             out = np.pad(out, (0, len(wave) - len(out)))
         return out[: len(wave)]
+
+    def _iter_converted(
+        self,
+        blocks: Iterable[np.ndarray],
+        direction: str,
+        config: FeatureConfig,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """Convert a waveform arriving in blocks (model rate); yield the output in order, as many
+        samples in total as came in. ``on_chunk(samples)`` is called after each chunk."""
+        chunker = _Chunker(blocks, config.sample_rate, self.chunk_seconds, self.context_seconds)
+        fade = chunker.fade
+        ramp = np.linspace(0.0, 1.0, 2 * fade + 2)[1:-1]  # ramp + ramp[::-1] == 1
+        tail = None  # the faded-out end of the previous chunk, over [start - fade, start + fade)
+        for chunk, samples in chunker:
+            seg = self._convert_segment(samples, direction, config)
+            a = chunk.start - fade if chunk.start else 0
+            b = chunk.end if chunk.last else chunk.end + fade
+            piece = seg[a - chunk.lo : b - chunk.lo].copy()
+            if tail is not None:
+                piece[: 2 * fade] = piece[: 2 * fade] * ramp + tail
+            if not chunk.last:
+                piece[-2 * fade :] *= ramp[::-1]
+                piece, tail = piece[: -2 * fade], piece[-2 * fade :]
+            if on_chunk is not None:
+                on_chunk(chunk.end - chunk.start)
+            yield piece
 
     def convert(
         self,
@@ -129,41 +348,34 @@ class VoiceConverter:
         direction: str = "A2B",
         f0_method: str | None = None,
     ) -> tuple[np.ndarray, int]:
-        """Convert a waveform (mono ``(samples,)`` or ``(samples, channels)``, any rate).
+        """Convert a waveform: mono ``(samples,)`` or ``(samples, channels)`` (channels averaged), any rate.
 
-        Returns ``(waveform, rate)`` at the model's sample rate, the same duration as the input.
+        ``f0_method`` overrides the model's F0 estimator (``"harvest"`` or ``"dio"``).
+        Returns ``(waveform, rate)``: float64 ``(samples,)`` at the model's rate (:attr:`sample_rate`),
+        the same duration as the input. Raises :class:`AudioError` for an unusable waveform.
+        Long inputs are converted in chunks (WORLD features exist for one chunk at a time); the
+        input and output waveforms themselves are whole arrays here, :meth:`convert_file` streams.
         """
         _direction(direction)
+        config = self._config(f0_method)
         wave = np.asarray(waveform, dtype=np.float64)
+        if wave.ndim == 2 and wave.shape[1] > wave.shape[0]:
+            raise AudioError(None, f"expected (samples, channels), got shape {wave.shape}: transpose channel-first arrays")
         if wave.ndim == 2:
             wave = wave.mean(axis=1)
+        elif wave.ndim != 1:
+            raise AudioError(None, f"expected (samples,) or (samples, channels), got shape {wave.shape}")
+        if wave.size and not np.all(np.isfinite(wave)):
+            validate_waveform(wave, int(sample_rate))  # names the problem
         wave = resample(wave, int(sample_rate), self.sample_rate)
         validate_waveform(wave, self.sample_rate)
-        config = self.features if f0_method is None else self.features.replace(f0_method=f0_method)
-        return self._convert_chunked(wave, direction, config), self.sample_rate
-
-    def _convert_chunked(self, wave: np.ndarray, direction: str, config: FeatureConfig) -> np.ndarray:
-        rate = config.sample_rate
-        chunk = int(self.chunk_seconds * rate)
-        if len(wave) <= chunk * 1.5:
-            return self._convert_segment(wave, direction, config)
-        context = int(self.context_seconds * rate)
-        fade = int(0.01 * rate)  # 10 ms cross-fade
-        bounds = [0] + _quiet_boundaries(wave, chunk, rate) + [len(wave)]
-        out = np.zeros(len(wave))
-        ramp = np.linspace(0.0, 1.0, 2 * fade + 2)[1:-1]
-        for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
-            lo = max(0, start - fade - context)
-            hi = min(len(wave), end + fade + context)
-            seg = self._convert_segment(wave[lo:hi], direction, config)
-            a, b = max(0, start - fade), min(len(wave), end + fade)
-            piece = seg[a - lo : b - lo].copy()
-            if i > 0:  # fade in over [start - fade, start + fade)
-                piece[: 2 * fade] *= ramp
-            if end < len(wave):  # fade out over [end - fade, end + fade)
-                piece[-2 * fade :] *= ramp[::-1]
-            out[a:b] += piece
-        return out
+        out = np.empty(len(wave))
+        pos = 0
+        for piece in self._iter_converted([wave], direction, config):
+            out[pos : pos + len(piece)] = piece
+            pos += len(piece)
+        assert pos == len(wave), (pos, len(wave))
+        return out, self.sample_rate
 
     def convert_file(
         self,
@@ -172,74 +384,235 @@ class VoiceConverter:
         direction: str = "A2B",
         f0_method: str | None = None,
         keep_rate: bool = False,
+        on_chunk: Callable[[float], None] | None = None,
     ) -> Path:
-        """Convert one audio file and write a 16-bit WAV (atomically). Returns the output path."""
-        wave, rate = load_audio(path, sample_rate=None)
+        """Convert one audio file into a 16-bit WAV at the model's rate (``keep_rate``: the input's).
+
+        The file is streamed (memory bounded by the chunk size) and the output written atomically:
+        nothing is left at ``out_path`` if anything fails. ``on_chunk(seconds)`` is called after
+        each converted chunk with its duration. Returns ``out_path``; raises :class:`AudioError`
+        (naming the file) for unusable input.
+        """
+        _direction(direction)
+        config = self._config(f0_method)
+        path, out_path = Path(path), Path(out_path)
+        source = _AudioSource(path)
+        out_rate = source.rate if keep_rate else self.sample_rate
+        callback = None if on_chunk is None else (lambda n: on_chunk(n / self.sample_rate))
+        pieces = self._iter_converted(source.blocks(self.sample_rate), direction, config, callback)
+        if out_rate != self.sample_rate:
+            pieces = _resample_stream(pieces, self.sample_rate, out_rate)
         try:
-            converted, out_rate = self.convert(wave, rate, direction, f0_method)
+            _write_wav(out_path, pieces, out_rate, n_samples=source.frames if keep_rate else None)
         except AudioError as exc:
             raise AudioError(path, exc.problem) from None
-        if keep_rate and rate != out_rate:
-            converted, out_rate = resample(converted, out_rate, rate), rate
-        return save_audio(out_path, converted, out_rate)
+        return out_path
 
 
-def _direction(direction: str) -> tuple[str, str, str]:
+# -- streaming file input and output -------------------------------------------------------------
+class _AudioSource:
+    """A readable, validated audio file: header checked and samples scanned (peak, finiteness)
+    before any conversion, so that bad files fail before work is done."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.is_file():
+            raise AudioError(path, "no such file")
+        if path.stat().st_size == 0:
+            raise AudioError(path, "empty file (0 bytes)")
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:  # libsndfile raises several types for unreadable input
+            raise AudioError(path, f"not a readable audio file ({exc})") from None
+        self.rate, self.frames = int(info.samplerate), int(info.frames)
+        if self.frames <= 0:
+            raise AudioError(path, "the file holds no samples (zero length)")
+        duration = self.frames / self.rate
+        if duration < MIN_DURATION_S:
+            raise AudioError(
+                path, f"too short to analyse: {duration * 1000:.0f} ms (at least {MIN_DURATION_S * 1000:.0f} ms needed)"
+            )
+        peak = 0.0
+        for block in self._mono_blocks():
+            if not np.all(np.isfinite(block)):
+                raise AudioError(path, f"{int(np.count_nonzero(~np.isfinite(block)))} non-finite sample(s) (NaN or infinity)")
+            peak = max(peak, float(np.max(np.abs(block))))
+        if peak < SILENCE_PEAK:
+            raise AudioError(path, f"all silent (peak amplitude {peak:.2e})")
+
+    def _mono_blocks(self) -> Iterator[np.ndarray]:
+        block = max(1, int(READ_BLOCK_SECONDS * self.rate))
+        try:
+            with sf.SoundFile(str(self.path)) as handle:
+                while True:
+                    data = handle.read(block, dtype="float64", always_2d=True)
+                    if len(data):
+                        yield data.mean(axis=1)
+                    if len(data) < block:
+                        return
+        except AudioError:
+            raise
+        except Exception as exc:
+            raise AudioError(self.path, f"not a readable audio file ({exc})") from None
+
+    def blocks(self, rate: int) -> Iterator[np.ndarray]:
+        """Mono float64 blocks at ``rate`` Hz (soxr VHQ, streaming; identical to a one-shot resample)."""
+        if rate == self.rate:
+            yield from self._mono_blocks()
+            return
+        yield from _resample_stream(self._mono_blocks(), self.rate, rate)
+
+
+def _resample_stream(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
+    stream = soxr.ResampleStream(rate_in, rate_out, 1, dtype="float64", quality="VHQ")
+    for block in blocks:
+        yield stream.resample_chunk(np.ascontiguousarray(block, dtype=np.float64), last=False)
+    yield stream.resample_chunk(np.zeros(0), last=True)
+
+
+def _write_wav(path: Path, pieces: Iterable[np.ndarray], rate: int, n_samples: int | None = None) -> None:
+    """Write blocks as a 16-bit mono WAV atomically (temporary file in the same folder, then rename).
+
+    ``n_samples`` pads with zeros or trims to exactly that many samples. Samples beyond [-1, 1] are
+    clipped, with a warning.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    written = clipped = 0
     try:
-        return DIRECTIONS[direction]
-    except KeyError:
-        raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}") from None
+        with sf.SoundFile(tmp, "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV") as handle:
+            for piece in pieces:
+                if n_samples is not None:
+                    piece = piece[: max(0, n_samples - written)]
+                clipped += int(np.count_nonzero(np.abs(piece) > 1.0))
+                handle.write(np.clip(piece, -1.0, 1.0))
+                written += len(piece)
+            if n_samples is not None and written < n_samples:
+                handle.write(np.zeros(n_samples - written))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if clipped:
+        log.warning("%s: %d sample(s) beyond [-1, 1] were clipped", path, clipped)
 
 
-def _quiet_boundaries(wave: np.ndarray, chunk: int, rate: int) -> list[int]:
-    """Chunk boundaries near multiples of ``chunk`` samples, each moved to the quietest 10 ms
-    within a quarter chunk (at most 1 s) of its nominal position."""
-    win = int(0.01 * rate)
-    reach = min(chunk // 4, rate)
-    bounds = []
-    for nominal in range(chunk, len(wave) - chunk // 2, chunk):
-        lo, hi = max(win, nominal - reach), min(len(wave) - win, nominal + reach)
-        frames = wave[lo:hi][: (hi - lo) // win * win].reshape(-1, win)
-        bounds.append(lo + int(np.argmin(np.square(frames).sum(axis=1))) * win + win // 2)
-    return bounds
-
-
-# -- batch conversion of files -----------------------------------------------------------------
+# -- batch conversion of files -------------------------------------------------------------------
 @dataclass
 class ConversionReport:
-    """What a batch conversion produced: written files, failures, audio and wall seconds."""
+    """What a batch conversion produced.
+
+    Attributes:
+        outputs: written files, in input order.
+        failures: ``(input, reason)`` for every input that was skipped.
+        audio_seconds: duration of the converted inputs (s).
+        wall_seconds: wall time of the conversions (s), model loading excluded.
+        stage_seconds: wall time per stage (``analysis``, ``network``, ``synthesis``).
+    """
 
     outputs: list[Path] = field(default_factory=list)
     failures: list[tuple[Path, str]] = field(default_factory=list)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def real_time_factor(self) -> float:
+        """Wall seconds per second of audio (below 1 is faster than real time)."""
         return self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+
+    def summary(self) -> str:
+        """A few lines: what was converted, how fast, and every failure with its reason."""
+        lines = [
+            f"converted {len(self.outputs)} file(s), {self.audio_seconds:.1f} s of audio in "
+            f"{self.wall_seconds:.1f} s (real-time factor {self.real_time_factor:.3f})"
+        ]
+        if self.stage_seconds and self.audio_seconds:
+            lines.append(
+                "  real-time factor by stage: "
+                + ", ".join(f"{k} {v / self.audio_seconds:.3f}" for k, v in self.stage_seconds.items())
+            )
+        if self.failures:
+            lines.append(f"{len(self.failures)} input(s) failed:")
+            lines += [f"  {path}: {reason}" for path, reason in self.failures]
+        return "\n".join(lines)
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a glob pattern, before its first component with a wildcard."""
+    parts = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
+    return Path(*parts) if parts else Path(".")
+
+
+def _expand(item: str | os.PathLike, exclude: Path | None = None) -> tuple[list[tuple[Path, Path]], str | None]:
+    """One input -> ``([(file, output name relative to out)], problem or None)``."""
+    path = Path(item)
+    if path.is_dir():
+        root = path.resolve()
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in AUDIO_EXTENSIONS
+            and not p.name.startswith(".")
+            and not (exclude is not None and p.resolve().is_relative_to(exclude) and not root.is_relative_to(exclude))
+        )
+        if not files:
+            return [], f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder"
+        return [(p, p.relative_to(path)) for p in files], None
+    if path.exists():
+        return [(path, Path(path.name))], None
+    if glob.has_magic(str(item)):
+        base = _glob_base(str(item))
+        matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True)) if Path(m).is_file()]
+        if not matches:
+            return [], "no files match this pattern"
+        return [(m, m.relative_to(base) if m.is_relative_to(base) else Path(m.name)) for m in matches], None
+    return [], "no such file or folder"
 
 
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[tuple[Path, Path]]:
-    """Files, folders (recursive) or glob patterns -> ``(file, name relative to its root)`` pairs."""
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-            found += [(p, p.relative_to(path)) for p in files]
-        elif path.exists():
-            found.append((path, Path(path.name)))
-        else:
-            matches = sorted(glob.glob(str(item), recursive=True))
-            if not matches:
-                found.append((path, Path(path.name)))  # reported as missing by the converter
-            found += [(Path(m), Path(Path(m).name)) for m in matches if Path(m).is_file()]
-    return found
+    """Files, folders (recursive) or glob patterns -> ``(file, output name)`` pairs.
+
+    A folder's files keep their path relative to the folder; a glob's matches their path relative
+    to the pattern's folder part (``data/**/*.wav`` -> ``spk1/a.wav``); a file its name. Inputs that
+    match nothing are left out (:func:`convert` reports them).
+    """
+    return [pair for item in inputs for pair in _expand(item)[0]]
+
+
+def _duration(path: Path) -> float:
+    """Seconds of audio in a file, 0 when its header cannot be read (the conversion reports why)."""
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception:
+        return 0.0
+
+
+def _convert_one(
+    converter: VoiceConverter,
+    path: Path,
+    target: Path,
+    direction: str,
+    f0: str | None,
+    keep_rate: bool,
+    on_chunk: Callable[[float], None],
+) -> str | None:
+    """Convert one file; return why it failed, or ``None``."""
+    try:
+        converter.convert_file(path, target, direction, f0_method=f0, keep_rate=keep_rate, on_chunk=on_chunk)
+    except AudioError as exc:
+        return exc.problem
+    except Exception as exc:  # one bad file must not end the batch
+        log.debug("conversion of %s failed", path, exc_info=True)
+        return f"conversion failed: {type(exc).__name__}: {exc}"
+    return None
 
 
 def convert(
     model: str | os.PathLike | VoiceConverter,
-    inputs: Sequence[str | os.PathLike],
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
     out: str | os.PathLike,
     *,
     direction: str = "A2B",
@@ -248,38 +621,81 @@ def convert(
     keep_rate: bool = False,
     progress: bool = True,
 ) -> ConversionReport:
-    """Convert every input file into ``out`` as ``<name>.wav``; bad inputs are reported and skipped.
+    """Convert every input into ``out`` as ``<name>.wav``; bad inputs are reported and skipped.
 
-    The report lists each failure (file, reason); a summary is logged at the end.
+    Args:
+        model: run directory, exported model file or a loaded :class:`VoiceConverter`.
+        inputs: audio files, folders (recursive; sub-paths are kept under ``out``) or glob patterns.
+        out: output folder.
+        direction: ``"A2B"`` or ``"B2A"``.
+        f0: F0 estimator (``"harvest"`` / ``"dio"``); ``None`` uses the model's.
+        device: where the generators run (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+        keep_rate: write at each input's sample rate instead of the model's.
+        progress: show a progress bar (seconds of audio, with the running real-time factor).
+
+    Returns:
+        A :class:`ConversionReport`; every failure (missing input, unreadable/empty/silent file,
+        name collision, conversion error) is listed with its reason. Nothing is written for a
+        failed input.
     """
     _direction(direction)
+    if f0 is not None:
+        FeatureConfig(f0_method=f0)  # raises ValueError for an unknown method before any work
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     converter = model if isinstance(model, VoiceConverter) else VoiceConverter.load(model, device=device)
     out = Path(out)
     report = ConversionReport()
-    files = expand_inputs(inputs)
+    files: list[tuple[Path, Path]] = []
+    for item in inputs:
+        found, problem = _expand(item, exclude=out.resolve())
+        if problem:
+            report.failures.append((Path(item), problem))
+            log.warning("skipped %s: %s", item, problem)
+        files += found
+
+    seconds = {path: _duration(path) for path, _ in files}
+    timings_before = dict(converter.timings)
+    written: dict[Path, Path] = {}  # resolved output -> its input
     start = time.perf_counter()
-    bar = tqdm(files, desc=f"converting {direction}", unit="file", disable=not progress)
-    for path, rel in bar:
-        target = out / rel.with_suffix(".wav")
-        try:
-            converter.convert_file(path, target, direction, f0_method=f0, keep_rate=keep_rate)
-        except AudioError as exc:
-            report.failures.append((path, exc.problem))
-            log.warning("skipped %s", exc)
-            continue
-        except Exception as exc:  # one bad file must not end the batch
-            report.failures.append((path, f"conversion failed: {exc}"))
-            log.warning("skipped %s: conversion failed: %s", path, exc)
-            continue
-        report.outputs.append(target)
-        report.audio_seconds += sf.info(str(target)).duration
-        report.wall_seconds = time.perf_counter() - start
-        bar.set_postfix(rtf=f"{report.real_time_factor:.3f}")
+    bar = tqdm(
+        total=sum(seconds.values()),
+        desc=f"converting {direction}",
+        unit="s",
+        disable=not progress,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}{postfix}]",
+    )
+    with logging_redirect_tqdm() if progress else nullcontext(), bar:
+        for index, (path, rel) in enumerate(files):
+            target = out / rel.with_suffix(".wav")
+            end_of_file = bar.n + seconds[path]
+
+            def advance(chunk_seconds: float, limit: float = end_of_file) -> None:
+                bar.update(max(0.0, min(chunk_seconds, limit - bar.n)))
+
+            if target.resolve() in written:
+                problem = f"output {target} would overwrite the conversion of {written[target.resolve()]}"
+            elif target.resolve() == path.resolve():
+                problem = "output would overwrite the input (choose another output folder)"
+            else:
+                problem = _convert_one(converter, path, target, direction, f0, keep_rate, advance)
+            advance(seconds[path])  # the rest of this file's share, also after a failure
+            if problem is None:
+                written[target.resolve()] = path
+                report.outputs.append(target)
+                report.audio_seconds += seconds[path]
+            else:
+                report.failures.append((path, problem))
+                log.warning("skipped %s: %s", path, problem)
+            report.wall_seconds = time.perf_counter() - start
+            bar.set_postfix_str(
+                f"file {index + 1}/{len(files)}, real-time factor {report.real_time_factor:.3f}, "
+                f"{len(report.failures)} failed"
+            )
     report.wall_seconds = time.perf_counter() - start
+    report.stage_seconds = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
     log.info(
         "converted %d file(s) (%.1f s of audio, real-time factor %.3f) into %s; %d failure(s)",
         len(report.outputs), report.audio_seconds, report.real_time_factor, out, len(report.failures),
     )
-    for path, reason in report.failures:
-        log.error("failed: %s: %s", path, reason)
     return report
