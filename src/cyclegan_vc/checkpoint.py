@@ -346,8 +346,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     try:
         generators = {}
         for role in ("G_ab", "G_ba"):
-            net = build_generator(payload["generator"], **payload["generator_kwargs"])
-            net.load_state_dict(payload["generators"][role], strict=True)
+            # Built without memory on the meta device (random initialisation would be thrown away),
+            # then given the stored tensors themselves.
+            with torch.device("meta"):
+                net = build_generator(payload["generator"], **payload["generator_kwargs"])
+            net.load_state_dict(payload["generators"][role], strict=True, assign=True)
             generators[role] = net.to(device).eval()
         stats = {role: SpeakerStats.from_dict(payload["stats"][role]) for role in ("A", "B")}
         features = FeatureConfig.from_dict(payload["features"])

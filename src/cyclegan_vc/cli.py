@@ -77,22 +77,35 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         f0=args.f0,
         device=args.device,
         keep_rate=args.keep_rate,
+        progress=not args.no_progress,
     )
-    return 0 if not report.failures else 1
+    print(report.summary())
+    if report.outputs:
+        print(f"output in {args.out}")
+    return 0 if report.outputs and not report.failures else 1
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
-    evaluate(args.model, args.source_eval, args.target_eval, args.out, device=args.device)
-    return 0
+    run = evaluate(
+        args.model,
+        args.source_eval,
+        args.target_eval,
+        args.out,
+        device=args.device,
+        source_refs=args.source_refs,
+        target_refs=args.target_refs,
+        n_examples=args.examples,
+    )
+    return _print_evaluation(run)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo
 
-    demo(out=args.out, minutes=args.minutes, iterations=args.iterations, preset=args.preset)
-    return 0
+    run = demo(out=args.out, minutes=args.minutes, iterations=args.iterations, preset=args.preset, device=args.device)
+    return _print_evaluation(run)
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
@@ -100,7 +113,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
 
     if args.corpus != "vcc2016":
         raise SystemExit(f"unknown recipe {args.corpus!r}; available: vcc2016")
-    recipe(
+    run = recipe(
         root=args.root,
         source=args.source,
         target=args.target,
@@ -109,8 +122,11 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         minutes=args.minutes,
         iterations=args.iterations,
         overrides=args.set,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        device=args.device,
     )
-    return 0
+    return _print_evaluation(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,14 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("convert", help="convert recordings with a trained model")
-    p.add_argument("inputs", nargs="+", help="audio files, folders (recursive) or globs")
+    p = sub.add_parser(
+        "convert",
+        help="convert recordings with a trained model",
+        description="Convert audio files with a trained model into WAV files named after the inputs. "
+        "Bad inputs are reported and skipped; the exit status is 1 when any input failed.",
+    )
+    p.add_argument("inputs", nargs="+", help="audio files, folders (recursive; sub-paths are kept) or glob patterns")
     p.add_argument("--model", required=True, type=Path, help="run directory or exported model file")
-    p.add_argument("--direction", default="A2B", choices=["A2B", "B2A"])
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--direction", default="A2B", choices=["A2B", "B2A"], help="A2B: source to target speaker (default)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--f0", choices=["harvest", "dio"], default=None, help="F0 estimator (default: the model's)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--keep-rate", action="store_true", help="write at the input's sample rate")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--keep-rate", action="store_true", help="write at each input's sample rate (default: the model's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("evaluate", help="objective evaluation against baselines on parallel held-out data")
@@ -169,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-eval", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--device", default="auto")
+    p.add_argument("--source-refs", type=Path, default=None,
+                   help="other recordings of speaker A for its speaker embedding (default: the run's training files)")
+    p.add_argument("--target-refs", type=Path, default=None, help="the same for speaker B")
+    p.add_argument("--examples", type=int, default=3, help="sentences per direction with plots and players")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="corpus -> prepare -> train -> convert -> evaluate, offline")
@@ -176,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=12.0, help="training time budget")
     p.add_argument("--iterations", type=int, default=None, help="stop after N iterations instead")
     p.add_argument("--preset", default="small")
+    p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("recipe", help="the paper's protocol on a corpus (vcc2016)")
@@ -188,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None)
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="shared feature cache (reused across pairs)")
+    p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_recipe)
     return parser
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Sequence
 
 from .data.demo_corpus import make_demo_corpus
-from .evaluation import evaluate
+from .evaluation import EvaluationRun, evaluate
 from .prepare import format_summary, prepare
 from .training import train
 
@@ -29,7 +30,8 @@ def demo(
     n_eval: int | None = None,
     overrides: Sequence[str] = (),
     device: str = "auto",
-) -> dict:
+    progress: bool = True,
+) -> EvaluationRun:
     """Run the whole toolkit on the offline flite corpus (voice A = slt, voice B = rms).
 
     Layout of ``out``: ``corpus/`` (rendered audio), ``prepared/`` (features, statistics),
@@ -37,10 +39,10 @@ def demo(
     (metrics.json, summary.md, report.html, converted audio). Each stage reuses what an earlier
     demo left (the corpus, the feature cache); training starts afresh.
 
-    Returns the evaluation results; the summary table and the report's path are printed.
+    Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun` (its ``table()``, its ``report`` path).
     """
     out = Path(out)
-    corpus = make_demo_corpus(out / "corpus", voices=VOICES, n_train=n_train, n_eval=n_eval)
+    corpus = make_demo_corpus(out / "corpus", voices=VOICES, n_train=n_train, n_eval=n_eval, progress=progress)
     a, b = VOICES
     manifest = prepare(
         corpus / "training" / a,
@@ -48,16 +50,22 @@ def demo(
         out / "prepared",
         source_eval=corpus / "evaluation" / a,
         target_eval=corpus / "evaluation" / b,
+        progress=progress,
     )
-    print(format_summary(manifest))
+    log.info("prepared data:\n%s", format_summary(manifest))
+    run = out / "run"
+    if run.exists():  # the demo owns this folder: a new demo trains afresh
+        shutil.rmtree(run)
     train(
         data=out / "prepared",
-        run=out / "run",
+        run=run,
         preset=preset,
         iterations=iterations,
         minutes=minutes,
         device=device,
         overrides=list(overrides),
-        fresh=True,
+        progress=progress,
     )
-    return evaluate(out / "run", corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device)
+    return evaluate(
+        run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, progress=progress
+    )

@@ -676,6 +676,26 @@ class Evaluator:
             self._features[key] = mel_cepstrum(wave, sample_rate, self.config)
         return self._features[key]
 
+    def analysis(self, wave: np.ndarray, sample_rate: int) -> tuple:
+        """Everything this evaluator computes from one waveform alone: ``(features, embedding or None,
+        dnsmos or None)`` (cached). Compute it in a worker process with an evaluator of the same
+        settings and hand it to :meth:`prime` of the main one."""
+        return (
+            self.features(wave, sample_rate),
+            self.embedding(wave, sample_rate) if self.encoder is not None else None,
+            self.dnsmos(wave, sample_rate) if self.dnsmos_scorer is not None else None,
+        )
+
+    def prime(self, wave: np.ndarray, sample_rate: int, analysis: tuple) -> None:
+        """Put an :meth:`analysis` computed elsewhere into the caches of ``wave``."""
+        key = _digest(wave, sample_rate)
+        features, embedding, mos = analysis
+        self._features[key] = features
+        if embedding is not None:
+            self._embeddings[key] = embedding
+        if mos is not None:
+            self._dnsmos[key] = mos
+
     def embedding(self, wave: np.ndarray, sample_rate: int) -> np.ndarray:
         """Cached utterance embedding ``(256,)``."""
         if self.encoder is None:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .evaluation import evaluate
+from .evaluation import EvaluationRun, evaluate
 from .prepare import format_summary, prepare
 from .training import train
 
@@ -29,7 +29,8 @@ def recipe(
     cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     seed: int | None = None,
-) -> dict:
+    progress: bool = True,
+) -> EvaluationRun:
     """Run CycleGAN-VC's VCC 2016 protocol for one speaker pair.
 
     ``root`` holds ``vcc2016_training/`` and ``evaluation_all/`` (the official download or
@@ -38,7 +39,7 @@ def recipe(
     converted both ways and scored beside the baselines. Outputs go to ``run/``: ``prepared/``,
     the training run itself, and ``evaluation/`` (metrics.json, summary.md, report.html).
 
-    Returns the evaluation results (as written to ``metrics.json``).
+    Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun`.
     """
     root, run = Path(root), Path(run)
     training, evaluation = root / "vcc2016_training", root / "evaluation_all"
@@ -57,6 +58,7 @@ def recipe(
         target_eval=evaluation / target,
         paper_split=True,
         cache_dir=cache_dir,
+        progress=progress,
     )
     log.info("prepared data:\n%s", format_summary(manifest))
     overrides = list(overrides)
@@ -70,5 +72,8 @@ def recipe(
         minutes=minutes,
         device=device,
         overrides=overrides,
+        progress=progress,
     )
-    return evaluate(run, evaluation / source, evaluation / target, run / "evaluation", device=device)
+    return evaluate(
+        run, evaluation / source, evaluation / target, run / "evaluation", device=device, progress=progress
+    )
