@@ -85,6 +85,14 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0 if report.outputs and not report.failures else 1
 
 
+def _print_evaluation(run) -> int:
+    print(run.table())
+    print(f"report: {run.report}")
+    for path, problem in run.failures:
+        print(f"failed: {path}: {problem}", file=sys.stderr)
+    return 1 if run.failures else 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
 
@@ -104,7 +112,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo
 
-    run = demo(out=args.out, minutes=args.minutes, iterations=args.iterations, preset=args.preset, device=args.device)
+    run = demo(
+        out=args.out,
+        minutes=args.minutes,
+        iterations=args.iterations,
+        preset=args.preset,
+        n_train=args.train_sentences,
+        n_eval=args.eval_sentences,
+        device=args.device,
+    )
     return _print_evaluation(run)
 
 
@@ -202,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=12.0, help="training time budget")
     p.add_argument("--iterations", type=int, default=None, help="stop after N iterations instead")
     p.add_argument("--preset", default="small")
+    p.add_argument("--train-sentences", type=int, default=None,
+                   help="training sentences per voice (default: all of the corpus's)")
+    p.add_argument("--eval-sentences", type=int, default=None,
+                   help="held-out parallel sentences (default: all of the corpus's)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_demo)
 

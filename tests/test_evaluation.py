@@ -1,0 +1,126 @@
+"""The evaluate stage, the demo and the recipe end to end, on tiny budgets.
+
+A debug-size model is trained for a few iterations on the session's ``tiny_prepared`` data (real
+VCC 2016 speech, SF1 -> TM3); it converts badly, which is fine: these tests check that every system
+and every file is produced and that the numbers are consistent, not that the model is good.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cyclegan_vc import cli
+from cyclegan_vc.evaluation import evaluate, training_references
+from cyclegan_vc.report import SYSTEMS
+from cyclegan_vc.training import train
+
+EVAL_IDS = (200027, 200035)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_prepared, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("eval_run") / "run"
+    train(tiny_prepared, run, preset="debug", iterations=2, progress=False,
+          overrides=["training.validation_interval=0"])
+    return run
+
+
+@pytest.fixture(scope="module")
+def eval_dirs(vcc_root, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("eval_set")
+    for spk in ("SF1", "TM3"):
+        (root / spk).mkdir()
+        for n in EVAL_IDS:
+            shutil.copy(vcc_root / "evaluation_all" / spk / f"{n}.flac", root / spk / f"{n}.flac")
+    return root / "SF1", root / "TM3"
+
+
+def test_training_references_come_from_the_runs_prepared_data(tiny_run, tiny_prepared):
+    refs = training_references(tiny_run)
+    manifest = json.loads((tiny_prepared / "manifest.json").read_text())
+    for role in ("A", "B"):
+        assert refs[role] == [Path(e["audio"]) for e in manifest["speakers"][role]["train"]]
+
+
+def test_evaluate_cli_writes_every_file_and_scores_every_system(tiny_run, eval_dirs, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = cli.main([
+        "evaluate", "--model", str(tiny_run), "--source-eval", str(eval_dirs[0]),
+        "--target-eval", str(eval_dirs[1]), "--out", str(out), "--examples", "1", "--device", "cpu",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "mean_variance" in printed
+    for name in ("metrics.json", "summary.md", "report.html"):
+        assert (out / name).stat().st_size > 0
+    for direction in ("A2B", "B2A"):
+        assert sorted(p.name for p in (out / "converted" / direction).iterdir()) == [f"{n}.wav" for n in EVAL_IDS]
+    data = json.loads((out / "metrics.json").read_text())
+    assert set(data["conventions"]) >= {"MCD", "F0 RMSE", "Speaker similarity", "DNSMOS"}
+    assert data["meta"]["references"] == {"A": 2, "B": 2}  # the run's training files, not the eval set
+    for direction, (src, tgt) in {"A2B": ("SF1", "TM3"), "B2A": ("TM3", "SF1")}.items():
+        block = data["directions"][direction]
+        assert (block["source"], block["target"]) == (src, tgt)
+        assert list(block["systems"]) == list(SYSTEMS)
+        for system, values in block["systems"].items():
+            ids = [u["id"] for u in values["utterances"]]
+            assert ids == [str(n) for n in EVAL_IDS], system
+            for key in ("mcd_db", "sim_to_target", "sim_to_source", "dnsmos_ovrl"):
+                assert np.isfinite(values["summary"][key]["mean"]), (direction, system, key)
+        means = {s: v["summary"] for s, v in block["systems"].items()}
+        # The vocoder floor is far below the distance between two different speakers ...
+        assert means["world_resynthesis"]["mcd_db"]["mean"] < means["no_conversion"]["mcd_db"]["mean"] - 2.0
+        # ... the source recording is its own speaker, and resynthesis keeps the target's voice.
+        nc = means["no_conversion"]
+        assert nc["sim_to_source"]["mean"] > nc["sim_to_target"]["mean"] + 0.1
+        assert means["world_resynthesis"]["sim_to_target"]["mean"] > means["no_conversion"]["sim_to_target"]["mean"]
+    html = (out / "report.html").read_text()
+    assert html.count("<audio") == 2 * 4  # one example per direction: source, converted, mean-variance, target
+
+
+def test_in_process_and_worker_processes_agree(tiny_run, eval_dirs, tmp_path):
+    kwargs = dict(device="cpu", n_examples=0, speaker_similarity=False, naturalness=False, progress=False)
+    one = evaluate(tiny_run, *eval_dirs, tmp_path / "one", jobs=1, **kwargs)
+    two = evaluate(tiny_run, *eval_dirs, tmp_path / "two", jobs=2, **kwargs)
+    for direction in ("A2B", "B2A"):
+        for system in SYSTEMS:
+            a = [r.mcd_db for r in one.results.directions[direction].systems[system]]
+            b = [r.mcd_db for r in two.results.directions[direction].systems[system]]
+            np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+def test_a_bad_evaluation_file_is_reported_and_its_sentence_skipped(tiny_run, eval_dirs, tmp_path):
+    src = tmp_path / "SF1"
+    shutil.copytree(eval_dirs[0], src)
+    (src / "200035.flac").write_bytes(b"not audio at all")
+    run = evaluate(tiny_run, src, eval_dirs[1], tmp_path / "out", device="cpu", n_examples=0,
+                   speaker_similarity=False, naturalness=False, jobs=1, progress=False)
+    assert [f for f, _ in run.failures] == [str(src / "200035.flac")]
+    assert [r.id for r in run.results.directions["A2B"].systems["cyclegan"]] == ["200027"]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["meta"]["failures"][0]["file"].endswith("200035.flac")
+
+
+def test_no_parallel_sentence_is_a_clear_error(tiny_run, eval_dirs, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(eval_dirs[1] / "200027.flac", other / "999999.flac")
+    with pytest.raises(ValueError, match="no sentence has a recording in both"):
+        evaluate(tiny_run, eval_dirs[0], other, tmp_path / "out", device="cpu", progress=False)
+
+
+def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    """The offline demo from nothing: corpus, prepare, train, convert, evaluate (CLI)."""
+    out = tmp_path / "demo"
+    code = cli.main(["demo", "--out", str(out), "--preset", "debug", "--iterations", "2",
+                     "--train-sentences", "3", "--eval-sentences", "2", "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "A2B: slt -> rms" in printed and "B2A: rms -> slt" in printed
+    assert f"report: {out / 'report' / 'report.html'}" in printed
+    assert (out / "run" / "model_latest.safetensors").is_file()
+    assert len(list((out / "report" / "converted" / "A2B").glob("*.wav"))) == 2
