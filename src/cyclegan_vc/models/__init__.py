@@ -13,7 +13,18 @@ from torch import nn
 
 from .discriminator import DISCRIMINATOR_HEADS, CycleGANVCDiscriminator
 from .generator import CycleGANVCGenerator
-from .layers import GatedConv1d, GatedConv2d, ResidualBlock1d, glu, pixel_shuffle_1d
+from .layers import (
+    GatedConv1d,
+    GatedConv2d,
+    GemmConv1d,
+    GemmConv2d,
+    ResidualBlock1d,
+    WeightGradientSink,
+    gemm_conv2d,
+    gemm_convolutions,
+    glu,
+    pixel_shuffle_1d,
+)
 
 __all__ = [
     "DISCRIMINATORS",
@@ -23,12 +34,17 @@ __all__ = [
     "CycleGANVCGenerator",
     "GatedConv1d",
     "GatedConv2d",
+    "GemmConv1d",
+    "GemmConv2d",
     "ResidualBlock1d",
+    "WeightGradientSink",
     "build_discriminator",
     "build_generator",
     "check_kwargs",
     "count_parameters",
     "resolve_kwargs",
+    "gemm_conv2d",
+    "gemm_convolutions",
     "glu",
     "pixel_shuffle_1d",
 ]

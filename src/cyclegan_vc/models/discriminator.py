@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import GatedConv2d
+from .layers import GatedConv2d, GemmConv2d
 
 __all__ = ["DISCRIMINATOR_HEADS", "CycleGANVCDiscriminator"]
 
@@ -97,7 +97,7 @@ class CycleGANVCDiscriminator(nn.Module):
         self.out_size = (height, width)
         if head == "patch":
             kh, kw = patch_kernel_size
-            self.head = nn.Conv2d(8 * b, 1, (kh, kw), padding=(kh // 2, kw // 2))
+            self.head = GemmConv2d(8 * b, 1, (kh, kw), padding=(kh // 2, kw // 2))
         else:
             self.head = nn.Linear(8 * b * height * width, 1)
 

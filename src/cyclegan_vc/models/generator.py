@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import GatedConv1d, ResidualBlock1d
+from .layers import GatedConv1d, GemmConv1d, ResidualBlock1d
 
 __all__ = ["CycleGANVCGenerator"]
 
@@ -77,7 +77,7 @@ class CycleGANVCGenerator(nn.Module):
             GatedConv1d(4 * b, 4 * b, upsample_kernel, upsample=2),
             GatedConv1d(4 * b, 2 * b, upsample_kernel, upsample=2),
         )
-        self.output = nn.Conv1d(2 * b, in_channels, output_kernel, padding=output_kernel // 2)
+        self.output = GemmConv1d(2 * b, in_channels, output_kernel, padding=output_kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, in_channels, T)`` normalised MCEPs -> ``(N, in_channels, T)``."""

@@ -1,0 +1,103 @@
+"""Quality on VCC 2016: the paper's protocol on its four speaker pairs, one table.
+
+    python benchmarks/quality.py [--root ../shared/data/vcc2016] [--out runs/quality]
+                                 [--pairs SF1-TF2 SF1-TM3 SM1-TF2 SM1-TM3] [--preset small]
+                                 [--minutes 20 | --iterations N] [--seed 0] [--set key=value ...]
+
+For each pair, `cyclegan-vc recipe vcc2016` (first 81 source / last 81 target training sentences,
+training under the budget, the 54 evaluation sentences converted both ways and scored beside the
+baselines). A pair whose run directory already holds an evaluation is not run again (delete it to
+rerun). The table: per pair and direction, MCD [dB], F0 RMSE [cents], speaker similarity to the
+target and to the source, DNSMOS overall, for the system and each baseline, and whether the system
+meets the bar (MCD <= mean-variance; sim to target >= 0.75 and >= sim to source + 0.10; DNSMOS >= 2.7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+from _common import DEFAULT_VCC, hardware  # noqa: E402
+
+from cyclegan_vc.recipe import recipe  # noqa: E402
+
+PAIRS = ("SF1-TF2", "SF1-TM3", "SM1-TF2", "SM1-TM3")
+SYSTEMS = ("cyclegan", "mean_variance", "no_conversion", "world_resynthesis")
+KEYS = ("mcd_db", "f0_rmse_cents", "sim_to_target", "sim_to_source", "dnsmos_ovrl")
+
+
+def bar(means: dict[str, dict[str, float]]) -> list[str]:
+    """The bar's cells the system misses (empty: all met)."""
+    s, mv = means["cyclegan"], means["mean_variance"]
+    missed = []
+    if not s["mcd_db"] <= mv["mcd_db"]:
+        missed.append("MCD")
+    if not s["sim_to_target"] >= 0.75:
+        missed.append("sim<0.75")
+    if not s["sim_to_target"] >= s["sim_to_source"] + 0.10:
+        missed.append("margin<0.10")
+    if not s["dnsmos_ovrl"] >= 2.7:
+        missed.append("DNSMOS")
+    return missed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=DEFAULT_VCC)
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--pairs", nargs="+", default=list(PAIRS))
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    print(hardware())
+    budget = f"{args.iterations} iterations" if args.iterations else f"{args.minutes:g} minutes"
+    print(f"preset {args.preset}, budget {budget} per pair, seed {args.seed}, overrides {args.set or 'none'}")
+    rows = []
+    for pair in args.pairs:
+        source, target = pair.split("-")
+        run = args.out / pair
+        metrics = run / "evaluation" / "metrics.json"
+        if not metrics.is_file():
+            start = time.perf_counter()
+            recipe(
+                args.root, source, target, run, preset=args.preset,
+                minutes=None if args.iterations else args.minutes, iterations=args.iterations,
+                overrides=args.set, seed=args.seed, cache_dir=args.out / "cache", device="auto", progress=False,
+            )
+            print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        data = json.loads(metrics.read_text())
+        step = json.loads((run / "validation.json").read_text())[-1]["step"] if (run / "validation.json").is_file() else "?"
+        for direction, block in data["directions"].items():
+            means = {s: {k: (v["summary"][k]["mean"] if v["summary"][k]["mean"] is not None else float("nan"))
+                         for k in KEYS} for s, v in block["systems"].items()}
+            rows.append((f"{block['source']}->{block['target']}", step, means))
+
+    header = f"{'direction':<10} {'iters':>6} {'system':<18} {'MCD dB':>7} {'F0 cents':>9} {'sim tgt':>8} {'sim src':>8} {'DNSMOS':>7}  bar"
+    print()
+    print(header)
+    print("-" * len(header))
+    for name, step, means in rows:
+        for system in SYSTEMS:
+            m = means[system]
+            verdict = ""
+            if system == "cyclegan":
+                missed = bar(means)
+                verdict = "met" if not missed else "missed: " + ", ".join(missed)
+            print(f"{name:<10} {step!s:>6} {system:<18} {m['mcd_db']:7.2f} {m['f0_rmse_cents']:9.1f} "
+                  f"{m['sim_to_target']:8.3f} {m['sim_to_source']:8.3f} {m['dnsmos_ovrl']:7.2f}  {verdict}")
+        print()
+
+
+if __name__ == "__main__":
+    main()
