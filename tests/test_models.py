@@ -140,6 +140,38 @@ def test_upsampling_gated_conv1d_shuffles_value_and_gate_separately():
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_icnr_upsampling_starts_without_a_checkerboard_and_keeps_the_default_scale():
+    torch.manual_seed(5)
+    x = torch.randn(2, 6, 16)
+    icnr = GatedConv1d(6, 4, kernel_size=5, norm=True, upsample=2, upsample_init="icnr")
+    default = GatedConv1d(6, 4, kernel_size=5, norm=True, upsample=2)
+    out = icnr(x)
+    assert out.shape == (2, 4, 32)
+    # sub-positions 2w and 2w + 1 are equal: nearest-neighbour upsampling of one convolution
+    torch.testing.assert_close(out[..., 0::2], out[..., 1::2])
+    assert not torch.allclose(default(x)[..., 0::2], default(x)[..., 1::2], atol=1e-3)
+    # same scale as the default initialisation: the copied block is an untouched default block
+    w = icnr.conv.weight.detach().view(2, 2, 4, 6, 5)
+    assert torch.equal(w[:, 0], w[:, 1])
+    assert 0.5 < float(w.std() / default.conv.weight.detach().std()) < 2.0
+    with pytest.raises(ValueError, match="upsample_init"):
+        GatedConv1d(6, 4, kernel_size=5, upsample=2, upsample_init="zeros")
+
+
+def test_icnr_generator_has_no_period_2_pattern_at_initialisation():
+    torch.manual_seed(6)
+    x = torch.randn(1, 24, 128)
+    spectra = {}
+    for init in ("default", "icnr"):
+        torch.manual_seed(7)
+        g = CycleGANVCGenerator(in_channels=24, base_channels=8, upsample_init=init).eval()
+        with torch.no_grad():
+            y = g(x)[0]
+        power = torch.fft.rfft(y - y.mean(-1, keepdim=True), dim=-1).abs().pow(2).mean(0)
+        spectra[init] = float(power[-3:].mean() / power.mean())  # share at the Nyquist rate (period 2)
+    assert spectra["icnr"] < 0.2 * spectra["default"], spectra
+
+
 def test_gated_conv2d_is_a_gate_and_pads_like_tensorflow_same():
     torch.manual_seed(3)
     layer = GatedConv2d(1, 2, kernel_size=(6, 3), stride=(1, 2), norm=False)

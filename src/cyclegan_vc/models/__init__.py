@@ -18,11 +18,13 @@ from .layers import (
     GatedConv2d,
     GemmConv1d,
     GemmConv2d,
+    UPSAMPLE_INITS,
     ResidualBlock1d,
     WeightGradientSink,
     gemm_conv2d,
     gemm_convolutions,
     glu,
+    icnr_,
     pixel_shuffle_1d,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "GemmConv1d",
     "GemmConv2d",
     "ResidualBlock1d",
+    "UPSAMPLE_INITS",
     "WeightGradientSink",
     "build_discriminator",
     "build_generator",
@@ -46,6 +49,7 @@ __all__ = [
     "gemm_conv2d",
     "gemm_convolutions",
     "glu",
+    "icnr_",
     "pixel_shuffle_1d",
 ]
 

@@ -39,6 +39,10 @@ class CycleGANVCGenerator(nn.Module):
         n_residual_blocks: residual blocks at the coarsest scale (6 in the paper).
         input_kernel, downsample_kernel, residual_kernel, upsample_kernel, output_kernel: kernel
             lengths in frames (15, 5, 3, 5, 15 in the paper).
+        upsample_init: initialisation of the two convolutions before the pixel shuffles: ``"default"``
+            (PyTorch's; the paper does not specify one) or ``"icnr"`` (copies of one sub-position's
+            weights, so that the untrained generator has no period-2/period-4 frame pattern; see
+            :func:`~cyclegan_vc.models.layers.icnr_`).
     """
 
     frame_multiple = 4
@@ -54,6 +58,7 @@ class CycleGANVCGenerator(nn.Module):
         residual_kernel: int = 3,
         upsample_kernel: int = 5,
         output_kernel: int = 15,
+        upsample_init: str = "default",
     ) -> None:
         super().__init__()
         self.config = dict(
@@ -65,6 +70,7 @@ class CycleGANVCGenerator(nn.Module):
             residual_kernel=residual_kernel,
             upsample_kernel=upsample_kernel,
             output_kernel=output_kernel,
+            upsample_init=upsample_init,
         )
         b = base_channels
         self.input = GatedConv1d(in_channels, b, input_kernel, norm=False)
@@ -74,8 +80,8 @@ class CycleGANVCGenerator(nn.Module):
         )
         self.residual = nn.Sequential(*(ResidualBlock1d(4 * b, 8 * b, residual_kernel) for _ in range(n_residual_blocks)))
         self.upsample = nn.Sequential(
-            GatedConv1d(4 * b, 4 * b, upsample_kernel, upsample=2),
-            GatedConv1d(4 * b, 2 * b, upsample_kernel, upsample=2),
+            GatedConv1d(4 * b, 4 * b, upsample_kernel, upsample=2, upsample_init=upsample_init),
+            GatedConv1d(4 * b, 2 * b, upsample_kernel, upsample=2, upsample_init=upsample_init),
         )
         self.output = GemmConv1d(2 * b, in_channels, output_kernel, padding=output_kernel // 2)
 

@@ -38,10 +38,12 @@ __all__ = [
     "GemmConv1d",
     "GemmConv2d",
     "ResidualBlock1d",
+    "UPSAMPLE_INITS",
     "WeightGradientSink",
     "gemm_conv2d",
     "gemm_convolutions",
     "glu",
+    "icnr_",
     "instance_norm",
     "pixel_shuffle_1d",
     "same_padding",
@@ -77,6 +79,8 @@ def same_padding(kernel_size: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 # Convolutions as explicit GEMMs
 # --------------------------------------------------------------------------------------------------
+
+UPSAMPLE_INITS = ("default", "icnr")
 
 _SINKS = threading.local()
 
@@ -302,6 +306,29 @@ def instance_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.group_norm(x, x.shape[1], norm.weight, norm.bias, norm.eps)
 
 
+def icnr_(conv: nn.Conv1d, upsample: int, groups: int = 2) -> nn.Conv1d:
+    """ICNR initialisation (Aitken et al., 2017, arXiv 1707.02937) of a convolution feeding a 1-D pixel shuffle.
+
+    The ``groups * C * upsample`` output channels of ``conv`` are ``groups`` halves (value, gate), each
+    shuffled by :func:`pixel_shuffle_1d`: channel ``i * C + c`` of a half becomes sub-position ``i`` of
+    output channel ``c``. Copying the weights (and bias) of sub-position 0 to every other sub-position
+    makes the shuffled output at initialisation equal to a convolution followed by nearest-neighbour
+    upsampling: no period-``upsample`` (checkerboard) pattern to unlearn. Each weight keeps the scale of
+    the default initialisation (the fan-in is unchanged). In place; returns ``conv``.
+    """
+    out_channels = conv.weight.shape[0]
+    if out_channels % (groups * upsample):
+        raise ValueError(f"{out_channels} output channels do not split into {groups} groups of {upsample} sub-positions")
+    c = out_channels // (groups * upsample)
+    with torch.no_grad():
+        w = conv.weight.view(groups, upsample, c, *conv.weight.shape[1:])
+        w[:, 1:] = w[:, :1].clone()
+        if conv.bias is not None:
+            b = conv.bias.view(groups, upsample, c)
+            b[:, 1:] = b[:, :1].clone()
+    return conv
+
+
 class GatedConv1d(nn.Module):
     """Conv1d -> [pixel shuffle] -> [InstanceNorm1d] -> GLU, as one convolution of ``2c`` channels.
 
@@ -316,6 +343,8 @@ class GatedConv1d(nn.Module):
             (a per-channel constant is removed by the normalisation anyway).
         upsample: pixel shuffle factor ``r``; the convolution then produces ``2 * c * r`` channels and
             the value and gate halves are shuffled separately, never mixed.
+        upsample_init: ``"default"`` (PyTorch's initialisation) or ``"icnr"`` (:func:`icnr_`: no
+            checkerboard pattern at initialisation); only used with ``upsample > 1``.
     """
 
     def __init__(
@@ -326,15 +355,20 @@ class GatedConv1d(nn.Module):
         stride: int = 1,
         norm: bool = True,
         upsample: int = 1,
+        upsample_init: str = "default",
     ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"GatedConv1d needs an odd kernel, got {kernel_size}")
+        if upsample_init not in UPSAMPLE_INITS:
+            raise ValueError(f"upsample_init must be one of {UPSAMPLE_INITS}, got {upsample_init!r}")
         self.out_channels = out_channels
         self.upsample = upsample
         self.conv = GemmConv1d(
             in_channels, 2 * out_channels * upsample, kernel_size, stride=stride, padding=kernel_size // 2, bias=not norm
         )
+        if upsample > 1 and upsample_init == "icnr":
+            icnr_(self.conv, upsample)
         self.norm = nn.InstanceNorm1d(2 * out_channels, affine=True) if norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
