@@ -26,6 +26,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from _common import DEFAULT_VCC, hardware  # noqa: E402
 
+from cyclegan_vc.evaluation import evaluate  # noqa: E402
 from cyclegan_vc.recipe import recipe  # noqa: E402
 
 PAIRS = ("SF1-TF2", "SF1-TM3", "SM1-TF2", "SM1-TM3")
@@ -58,22 +59,35 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--energy", choices=["generator", "source"], default="generator",
+                        help="the converted speech's c0: the generator's (the paper) or the source's, mean-variance mapped")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate the runs already trained under --out again, into RUN/evaluation-<energy>/, "
+                        "without training")
     args = parser.parse_args()
 
     print(hardware())
     budget = f"{args.iterations} iterations" if args.iterations else f"{args.minutes:g} minutes"
-    print(f"preset {args.preset}, budget {budget} per pair, seed {args.seed}, overrides {args.set or 'none'}")
+    print(f"preset {args.preset}, budget {budget} per pair, seed {args.seed}, overrides {args.set or 'none'}, "
+          f"energy {args.energy}")
     rows = []
     for pair in args.pairs:
         source, target = pair.split("-")
         run = args.out / pair
-        metrics = run / "evaluation" / "metrics.json"
-        if not metrics.is_file():
+        evaluation = run / (f"evaluation-{args.energy}" if args.eval_only else "evaluation")
+        metrics = evaluation / "metrics.json"
+        if not metrics.is_file() and args.eval_only:
+            source_dir, target_dir = (args.root / "evaluation_all" / speaker for speaker in (source, target))
+            start = time.perf_counter()
+            evaluate(run, source_dir, target_dir, evaluation, energy=args.energy, progress=False)
+            print(f"{pair}: evaluated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        elif not metrics.is_file():
             start = time.perf_counter()
             recipe(
                 args.root, source, target, run, preset=args.preset,
                 minutes=None if args.iterations else args.minutes, iterations=args.iterations,
-                overrides=args.set, seed=args.seed, cache_dir=args.out / "cache", device="auto", progress=False,
+                overrides=args.set, seed=args.seed, cache_dir=args.out / "cache", device="auto",
+                energy=args.energy, progress=False,
             )
             print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
         data = json.loads(metrics.read_text())

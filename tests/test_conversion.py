@@ -133,6 +133,24 @@ def test_convert_mcep_pads_to_a_multiple_of_4_and_trims_back(vc, speech):
     np.testing.assert_allclose(out, vc.convert_mcep(padded, "A2B")[:101], atol=1e-5)
 
 
+def test_energy_from_the_source_replaces_only_c0_with_the_mean_variance_mapped_input(model_path, vc, speech):
+    from cyclegan_vc.metrics import mean_variance_convert
+
+    source_energy = VoiceConverter.load(model_path, device="cpu", energy="source")
+    feats = analyze(speech, vc.features)
+    for direction, (src, tgt) in (("A2B", ("A", "B")), ("B2A", ("B", "A"))):
+        paper = vc.convert_mcep(feats.mcep, direction)
+        kept = source_energy.convert_mcep(feats.mcep, direction)
+        linear, _ = mean_variance_convert(feats.mcep, feats.f0, vc.stats[src], vc.stats[tgt])
+        np.testing.assert_allclose(kept[:, 1:], paper[:, 1:], atol=1e-12)
+        np.testing.assert_allclose(kept[:, 0], linear[:, 0], rtol=1e-5, atol=1e-5)
+        assert np.abs(kept[:, 0] - paper[:, 0]).max() > 0.1  # the generator's c0 is something else
+    wave, _ = source_energy.convert(speech, RATE)
+    assert len(wave) == len(speech) and np.isfinite(wave).all()
+    with pytest.raises(ValueError, match="energy"):
+        VoiceConverter.load(model_path, device="cpu", energy="loudest")
+
+
 def test_stereo_input_is_averaged(vc, speech):
     mono, _ = vc.convert(speech, RATE)
     same, _ = vc.convert(np.stack([speech, speech], axis=1), RATE)

@@ -77,6 +77,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         f0=args.f0,
         device=args.device,
         keep_rate=args.keep_rate,
+        energy=args.energy,
         progress=not args.no_progress,
     )
     print(report.summary())
@@ -105,6 +106,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         source_refs=args.source_refs,
         target_refs=args.target_refs,
         n_examples=args.examples,
+        energy=args.energy,
     )
     return _print_evaluation(run)
 
@@ -120,6 +122,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         n_train=args.train_sentences,
         n_eval=args.eval_sentences,
         device=args.device,
+        energy=args.energy,
     )
     return _print_evaluation(run)
 
@@ -141,8 +144,12 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         seed=args.seed,
         cache_dir=args.cache_dir,
         device=args.device,
+        energy=args.energy,
     )
     return _print_evaluation(run)
+
+
+DEFAULT_ENERGY = "generator"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--keep-rate", action="store_true", help="write at each input's sample rate (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
+                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
+                   "mean-variance mapped (default: %(default)s)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("evaluate", help="objective evaluation against baselines on parallel held-out data")
@@ -211,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="other recordings of speaker A for its speaker embedding (default: the run's training files)")
     p.add_argument("--target-refs", type=Path, default=None, help="the same for speaker B")
     p.add_argument("--examples", type=int, default=3, help="sentences per direction with plots and players")
+    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
+                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
+                   "mean-variance mapped (default: %(default)s)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="corpus -> prepare -> train -> convert -> evaluate, offline")
@@ -223,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sentences", type=int, default=None,
                    help="held-out parallel sentences (default: all of the corpus's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
+                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
+                   "mean-variance mapped (default: %(default)s)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("recipe", help="the paper's protocol on a corpus (vcc2016)")
@@ -238,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
     p.add_argument("--cache-dir", type=Path, default=None, help="shared feature cache (reused across pairs)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
+                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
+                   "mean-variance mapped (default: %(default)s)")
     p.set_defaults(func=_cmd_recipe)
     return parser
 

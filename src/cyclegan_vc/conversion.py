@@ -59,6 +59,7 @@ from .features import FeatureConfig, WorldFeatures, analyze, synthesize
 from .stats import SpeakerStats, convert_f0, denormalize, normalize
 
 __all__ = [
+    "ENERGY_MODES",
     "DIRECTIONS",
     "Chunk",
     "ConversionReport",
@@ -190,6 +191,13 @@ def plan_chunks(wave: np.ndarray, rate: int, chunk_seconds: float = 30.0, contex
 
 
 # -- the converter -------------------------------------------------------------------------------
+ENERGY_MODES = ("generator", "source")
+"""Sources of the output's c0 (frame energy). ``"generator"`` is the paper's conversion. ``"source"``
+keeps the input's energy contour (mean-variance mapped): c0 carries loudness, not speaker identity,
+MCD excludes it, and a briefly trained generator's c0 jitters from frame to frame (measured in the
+README, Results), which DNSMOS hears as roughness."""
+
+
 class VoiceConverter:
     """Both generators of a trained model with the speakers' statistics and feature settings.
 
@@ -205,6 +213,10 @@ class VoiceConverter:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         chunk_seconds: nominal chunk length of long inputs (seconds of audio).
         context_seconds: audio analysed on each side of a chunk and discarded (seconds).
+        energy: where the 0th mel-cepstral coefficient (frame energy) of the output comes from:
+            ``"generator"`` (the paper: all coefficients from the generator) or ``"source"`` (the
+            input's own c0, mean-variance mapped to the output speaker's c0 statistics; the generator
+            gives c1 and up). See :data:`ENERGY_MODES`.
 
     Attributes:
         timings: cumulative wall seconds per stage, ``{"analysis", "network", "synthesis"}``
@@ -221,9 +233,12 @@ class VoiceConverter:
         device: str | torch.device = "cpu",
         chunk_seconds: float = 30.0,
         context_seconds: float = 1.0,
+        energy: str = "generator",
     ):
         if chunk_seconds <= 0 or context_seconds < 0:
             raise ValueError("chunk_seconds must be > 0 and context_seconds >= 0")
+        if energy not in ENERGY_MODES:
+            raise ValueError(f"energy must be one of {ENERGY_MODES}, got {energy!r}")
         missing = sorted({"G_ab", "G_ba"} - set(generators)) + sorted({"A", "B"} - set(stats))
         if missing:
             raise ValueError(f"VoiceConverter needs generators G_ab, G_ba and stats A, B; missing {missing}")
@@ -234,6 +249,7 @@ class VoiceConverter:
         self.speakers = speakers or {"A": "A", "B": "B"}
         self.chunk_seconds = float(chunk_seconds)
         self.context_seconds = float(context_seconds)
+        self.energy = energy
         self.timings: dict[str, float] = {}
         self.reset_timings()
 
@@ -241,7 +257,7 @@ class VoiceConverter:
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto", **kwargs) -> "VoiceConverter":
         """Load an exported model (file) or the best model of a run directory.
 
-        ``kwargs`` go to the constructor (``chunk_seconds``, ``context_seconds``).
+        ``kwargs`` go to the constructor (``chunk_seconds``, ``context_seconds``, ``energy``).
         """
         from .checkpoint import load_model
 
@@ -273,6 +289,8 @@ class VoiceConverter:
         """``(T, D)`` mel-cepstra of the input speaker -> ``(T, D)`` float64 of the output speaker.
 
         The frame count is padded to a multiple of 4 by repeating the last frame and trimmed back.
+        With ``energy="source"`` the output's c0 is the input's c0 normalised with the input speaker's
+        statistics and de-normalised with the output speaker's.
         """
         src, tgt, gen = _direction(direction)
         mcep = np.asarray(mcep, dtype=np.float64)
@@ -284,8 +302,10 @@ class VoiceConverter:
         if pad:
             norm = np.concatenate([norm, np.repeat(norm[-1:], pad, axis=0)])
         x = torch.from_numpy(np.ascontiguousarray(norm.T))[None].to(self.device)
-        y = self.generators[gen](x)[0].float().cpu().numpy().T[:frames]
-        return denormalize(y.astype(np.float64), self.stats[tgt])
+        y = self.generators[gen](x)[0].float().cpu().numpy().T[:frames].astype(np.float64)
+        if self.energy == "source":
+            y[:, 0] = norm[:frames, 0]
+        return denormalize(y, self.stats[tgt])
 
     def convert_features(self, feats: WorldFeatures, direction: str = "A2B") -> WorldFeatures:
         """Convert WORLD features: F0 transform, mel-cepstra through the generator, aperiodicity copied."""
@@ -619,6 +639,7 @@ def convert(
     f0: str | None = None,
     device: str = "auto",
     keep_rate: bool = False,
+    energy: str | None = None,
     progress: bool = True,
 ) -> ConversionReport:
     """Convert every input into ``out`` as ``<name>.wav``; bad inputs are reported and skipped.
@@ -631,6 +652,8 @@ def convert(
         f0: F0 estimator (``"harvest"`` / ``"dio"``); ``None`` uses the model's.
         device: where the generators run (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
         keep_rate: write at each input's sample rate instead of the model's.
+        energy: ``"generator"`` or ``"source"`` (see :class:`VoiceConverter`); ``None`` keeps a given
+            converter's setting, or ``"generator"`` for a model loaded here.
         progress: show a progress bar (seconds of audio, with the running real-time factor).
 
     Returns:
@@ -643,7 +666,14 @@ def convert(
         FeatureConfig(f0_method=f0)  # raises ValueError for an unknown method before any work
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    converter = model if isinstance(model, VoiceConverter) else VoiceConverter.load(model, device=device)
+    if energy is not None and energy not in ENERGY_MODES:
+        raise ValueError(f"energy must be one of {ENERGY_MODES}, got {energy!r}")
+    if isinstance(model, VoiceConverter):
+        converter = model
+        if energy is not None:
+            converter.energy = energy
+    else:
+        converter = VoiceConverter.load(model, device=device, energy=energy or "generator")
     out = Path(out)
     report = ConversionReport()
     files: list[tuple[Path, Path]] = []

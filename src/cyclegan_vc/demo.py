@@ -30,6 +30,7 @@ def demo(
     n_eval: int | None = None,
     overrides: Sequence[str] = (),
     device: str = "auto",
+    energy: str = "generator",
     progress: bool = True,
 ) -> EvaluationRun:
     """Run the whole toolkit on the offline flite corpus (voice A = slt, voice B = rms).
@@ -38,6 +39,9 @@ def demo(
     ``run/`` (config, checkpoints, TensorBoard logs, exported model) and ``report/``
     (metrics.json, summary.md, report.html, converted audio). Each stage reuses what an earlier
     demo left (the corpus, the feature cache); training starts afresh.
+
+    ``energy``: the converted speech's c0, ``"generator"`` or ``"source"`` (see
+    :class:`~cyclegan_vc.conversion.VoiceConverter`).
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun` (its ``table()``, its ``report`` path).
     """
@@ -67,5 +71,6 @@ def demo(
         progress=progress,
     )
     return evaluate(
-        run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, progress=progress
+        run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, energy=energy,
+        progress=progress,
     )

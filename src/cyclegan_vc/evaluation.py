@@ -146,10 +146,10 @@ def _sentence(converter: VoiceConverter, evaluator: Evaluator, direction: str, s
 _WORKER: dict = {}
 
 
-def _init_worker(model: str, speaker_similarity: bool, naturalness: bool) -> None:
+def _init_worker(model: str, speaker_similarity: bool, naturalness: bool, energy: str = "generator") -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    converter = VoiceConverter.load(model, device="cpu")
+    converter = VoiceConverter.load(model, device="cpu", energy=energy)
     _WORKER["converter"] = converter
     _WORKER["evaluator"] = Evaluator(converter.features, speaker_similarity=speaker_similarity, naturalness=naturalness)
 
@@ -173,6 +173,7 @@ def evaluate(
     naturalness: bool = True,
     evaluator: Evaluator | None = None,
     jobs: int | None = None,
+    energy: str | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
     """Convert every parallel evaluation sentence both ways and score it beside the baselines.
@@ -192,13 +193,21 @@ def evaluate(
         evaluator: a loaded :class:`~cyclegan_vc.metrics.Evaluator` to reuse (models, caches).
         jobs: processes for the conversions and WORLD analyses (default: all cores; 1 = in this
             process). The speaker encoder and DNSMOS run in this process.
+        energy: the ``cyclegan`` system's c0, ``"generator"`` or ``"source"`` (see
+            :class:`~cyclegan_vc.conversion.VoiceConverter`); ``None``: a given converter's setting,
+            else ``"generator"``.
         progress: show progress bars.
 
     Raises:
         ValueError: no sentence is present for both speakers (the message names both folders).
     """
     start = time.perf_counter()
-    converter = model if isinstance(model, VoiceConverter) else VoiceConverter.load(model, device=device)
+    if isinstance(model, VoiceConverter):
+        converter = model
+        if energy is not None:
+            converter.energy = energy
+    else:
+        converter = VoiceConverter.load(model, device=device, energy=energy or "generator")
     rate = converter.sample_rate
     out = Path(out)
     source_eval, target_eval = Path(source_eval), Path(target_eval)
@@ -247,6 +256,7 @@ def evaluate(
         "sentences": len(sentences),
         "features": converter.features.to_dict(),
         "references": {role: len(refs[role]) for role in refs},
+        "energy": converter.energy,
     })
     examples: list[ReportExample] = []
     tasks = [(direction, uid, waves) for direction in DIRECTIONS for uid, waves in sentences]
@@ -256,7 +266,7 @@ def evaluate(
         workers = min(jobs or os.cpu_count() or 1, len(tasks))
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_worker,
-            initargs=(str(model), speaker_similarity, naturalness),
+            initargs=(str(model), speaker_similarity, naturalness, converter.energy),
         )
     try:
         if pool is not None:

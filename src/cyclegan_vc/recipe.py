@@ -29,6 +29,7 @@ def recipe(
     cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     seed: int | None = None,
+    energy: str = "generator",
     progress: bool = True,
 ) -> EvaluationRun:
     """Run CycleGAN-VC's VCC 2016 protocol for one speaker pair.
@@ -38,6 +39,9 @@ def recipe(
     of the target's are used (no sentence on both sides); the 54 evaluation sentences are
     converted both ways and scored beside the baselines. Outputs go to ``run/``: ``prepared/``,
     the training run itself, and ``evaluation/`` (metrics.json, summary.md, report.html).
+
+    ``energy`` is the converted speech's c0 in the evaluation (``"generator"``, the paper's, or
+    ``"source"``; see :class:`~cyclegan_vc.conversion.VoiceConverter`).
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun`.
     """
@@ -75,5 +79,6 @@ def recipe(
         progress=progress,
     )
     return evaluate(
-        run, evaluation / source, evaluation / target, run / "evaluation", device=device, progress=progress
+        run, evaluation / source, evaluation / target, run / "evaluation", device=device, energy=energy,
+        progress=progress,
     )
