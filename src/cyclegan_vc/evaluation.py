@@ -158,6 +158,16 @@ def _sentence_in_worker(direction: str, source: np.ndarray, target: np.ndarray):
     return _sentence(_WORKER["converter"], _WORKER["evaluator"], direction, source, target)
 
 
+def _conventions(converter: VoiceConverter) -> dict[str, str]:
+    out = conventions(converter.features)
+    out["Conversion"] = (
+        "cyclegan: log-Gaussian F0 transform, aperiodicity copied, mel-cepstra through the generator; "
+        + ("c0 (frame energy) from the generator, as in the paper." if converter.energy == "generator" else
+           "c0 (frame energy) from the source, mean-variance mapped (energy=source), c1 and up from the generator.")
+    )
+    return out
+
+
 def evaluate(
     model: str | os.PathLike | VoiceConverter,
     source_eval: str | os.PathLike,
@@ -305,7 +315,7 @@ def evaluate(
     files = write_report(
         out, results,
         title=f"CycleGAN-VC evaluation: {converter.speakers['A']} <-> {converter.speakers['B']}",
-        conventions=conventions(converter.features), examples=examples, feature_config=converter.features,
+        conventions=_conventions(converter), examples=examples, feature_config=converter.features,
     )
     seconds = time.perf_counter() - start
     for path, problem in failures:
