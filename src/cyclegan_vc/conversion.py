@@ -60,6 +60,7 @@ from .stats import SpeakerStats, convert_f0, denormalize, normalize
 
 __all__ = [
     "ENERGY_MODES",
+    "load_converter",
     "DIRECTIONS",
     "Chunk",
     "ConversionReport",
@@ -630,6 +631,21 @@ def _convert_one(
     return None
 
 
+def load_converter(
+    model: str | os.PathLike | VoiceConverter, device: str = "auto", energy: str | None = None
+) -> VoiceConverter:
+    """``model`` itself when it is a loaded :class:`VoiceConverter` (its ``energy`` set when given),
+    else the model loaded from a run directory or file (``energy`` default ``"generator"``).
+    Raises ``ValueError`` for an unknown ``energy`` before anything is loaded."""
+    if energy is not None and energy not in ENERGY_MODES:
+        raise ValueError(f"energy must be one of {ENERGY_MODES}, got {energy!r}")
+    if not isinstance(model, VoiceConverter):
+        return VoiceConverter.load(model, device=device, energy=energy or "generator")
+    if energy is not None:
+        model.energy = energy
+    return model
+
+
 def convert(
     model: str | os.PathLike | VoiceConverter,
     inputs: Sequence[str | os.PathLike] | str | os.PathLike,
@@ -666,14 +682,7 @@ def convert(
         FeatureConfig(f0_method=f0)  # raises ValueError for an unknown method before any work
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    if energy is not None and energy not in ENERGY_MODES:
-        raise ValueError(f"energy must be one of {ENERGY_MODES}, got {energy!r}")
-    if isinstance(model, VoiceConverter):
-        converter = model
-        if energy is not None:
-            converter.energy = energy
-    else:
-        converter = VoiceConverter.load(model, device=device, energy=energy or "generator")
+    converter = load_converter(model, device, energy)
     out = Path(out)
     report = ConversionReport()
     files: list[tuple[Path, Path]] = []

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .audio import AudioError, load_audio, save_audio
-from .conversion import VoiceConverter
+from .conversion import VoiceConverter, load_converter
 from .data.corpus import list_audio_files, match_parallel, utterance_id
 from .features import FeatureConfig, WorldFeatures, analyze, synthesize
 from .metrics import Evaluator, conventions, mean_variance_convert
@@ -212,12 +212,7 @@ def evaluate(
         ValueError: no sentence is present for both speakers (the message names both folders).
     """
     start = time.perf_counter()
-    if isinstance(model, VoiceConverter):
-        converter = model
-        if energy is not None:
-            converter.energy = energy
-    else:
-        converter = VoiceConverter.load(model, device=device, energy=energy or "generator")
+    converter = load_converter(model, device, energy)
     rate = converter.sample_rate
     out = Path(out)
     source_eval, target_eval = Path(source_eval), Path(target_eval)
