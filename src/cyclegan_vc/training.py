@@ -489,17 +489,7 @@ class Trainer:
 
         self.step += 1
         self._apply_schedule()
-        losses = {
-            "generator": loss_g,
-            "adversarial_ab": adv_ab,
-            "adversarial_ba": adv_ba,
-            "cycle": cycle,
-            "identity": identity,
-            "discriminator": loss_d,
-            "discriminator_a": loss_d_a,
-            "discriminator_b": loss_d_b,
-        }
-        return {k: v.detach() for k, v in losses.items()}
+        return _loss_dict(loss_g, adv_ab, adv_ba, cycle, identity, loss_d, loss_d_a, loss_d_b)
 
     # -- validation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -745,6 +735,14 @@ def reference_train_step(trainer: Trainer, real_a: torch.Tensor, real_b: torch.T
 
     trainer.step += 1
     trainer._apply_schedule()
+    return _loss_dict(loss_g, adv_ab, adv_ba, cycle, identity, loss_d, loss_d_a, loss_d_b)
+
+
+def _loss_dict(
+    loss_g: torch.Tensor, adv_ab: torch.Tensor, adv_ba: torch.Tensor, cycle: torch.Tensor, identity: torch.Tensor,
+    loss_d: torch.Tensor, loss_d_a: torch.Tensor, loss_d_b: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The loss dict of one iteration (detached scalars), as both train steps return it."""
     losses = {
         "generator": loss_g,
         "adversarial_ab": adv_ab,
