@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cyclegan_vc.audio import AudioError, load_audio, resample, save_audio, to_mono
+from cyclegan_vc.audio import LIMIT_THRESHOLD, AudioError, limit_peaks, load_audio, resample, save_audio, to_mono
 
 
 def tone(freq=220.0, rate=16000, seconds=0.5, amp=0.5):
@@ -101,3 +101,20 @@ def test_save_failure_leaves_nothing(tmp_path):
     with pytest.raises(Exception):
         save_audio(tmp_path / "z.wav", tone(), 16000, subtype="NOT_A_SUBTYPE")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_limit_peaks_bends_overshoot_instead_of_clipping(tmp_path):
+    x = np.linspace(-1.5, 1.5, 3001)
+    y = limit_peaks(x)
+    inside = np.abs(x) <= LIMIT_THRESHOLD
+    np.testing.assert_array_equal(y[inside], x[inside])  # untouched below the knee
+    assert np.all(np.abs(y) < 1.0)  # nothing reaches full scale
+    assert np.all(np.diff(y) > 0)  # strictly monotonic: distinct overshoots stay distinct (a clip merges them)
+    slope = np.diff(y) / np.diff(x)
+    assert np.max(np.abs(np.diff(slope))) < 0.05  # the slope is continuous through the knee
+    # a streamed block gives the same samples as the whole waveform (sample-wise, no look-ahead)
+    np.testing.assert_array_equal(np.concatenate([limit_peaks(x[:1000]), limit_peaks(x[1000:])]), y)
+    loud = 2.4 * tone()  # peaks at 1.2
+    saved, _ = load_audio(save_audio(tmp_path / "loud.wav", loud, 16000))
+    np.testing.assert_allclose(saved, limit_peaks(loud), atol=1 / 32768)
+    assert 0.95 < saved.max() < 1.0

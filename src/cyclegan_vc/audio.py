@@ -118,16 +118,39 @@ def load_audio(
     return validate_waveform(wave, rate, path, min_duration), int(rate)
 
 
+#: Where :func:`limit_peaks` starts to bend the waveform (full scale is 1).
+LIMIT_THRESHOLD = 0.9
+
+
+def limit_peaks(wave: np.ndarray, threshold: float = LIMIT_THRESHOLD) -> np.ndarray:
+    """A sample-wise soft limiter: the identity up to ``threshold``, then a tanh knee towards full scale.
+
+    ``y = sign(x) * (t + (1 - t) * tanh((|x| - t) / (1 - t)))`` for ``|x| > t``: continuous with a
+    continuous slope at ``t``, monotonic, and always inside (-1, 1), so that a converted waveform whose
+    peaks overshoot full scale (the mapped energy can) is bent rather than hard-clipped. It needs no
+    look-ahead, so streamed blocks give the same samples as the whole waveform.
+    """
+    x = np.asarray(wave, dtype=np.float64)
+    over = np.abs(x) > threshold
+    if not over.any():
+        return x
+    out = x.copy()
+    knee = 1.0 - threshold
+    out[over] = np.sign(x[over]) * (threshold + knee * np.tanh((np.abs(x[over]) - threshold) / knee))
+    return out
+
+
 def save_audio(path: str | os.PathLike, wave: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> Path:
     """Write a mono waveform as WAV atomically (temporary file, then rename).
 
-    ``subtype`` is ``"PCM_16"`` (clipped to [-1, 1]) or ``"FLOAT"``.
+    ``subtype`` is ``"PCM_16"`` (peaks beyond :data:`LIMIT_THRESHOLD` soft-limited by
+    :func:`limit_peaks`, so nothing clips) or ``"FLOAT"`` (written as given).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wave = np.asarray(wave, dtype=np.float64)
     if subtype == "PCM_16":
-        wave = np.clip(wave, -1.0, 1.0)
+        wave = limit_peaks(wave)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

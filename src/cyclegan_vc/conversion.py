@@ -52,6 +52,7 @@ from .audio import (
     MIN_DURATION_S,
     SILENCE_PEAK,
     AudioError,
+    limit_peaks,
     resample,
     validate_waveform,
 )
@@ -494,20 +495,21 @@ def _resample_stream(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) 
 def _write_wav(path: Path, pieces: Iterable[np.ndarray], rate: int, n_samples: int | None = None) -> None:
     """Write blocks as a 16-bit mono WAV atomically (temporary file in the same folder, then rename).
 
-    ``n_samples`` pads with zeros or trims to exactly that many samples. Samples beyond [-1, 1] are
-    clipped, with a warning.
+    ``n_samples`` pads with zeros or trims to exactly that many samples. Samples beyond
+    :data:`~cyclegan_vc.audio.LIMIT_THRESHOLD` are bent by :func:`~cyclegan_vc.audio.limit_peaks`;
+    the number beyond full scale (which a hard clip would have cut) is logged.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    written = clipped = 0
+    written = overshoot = 0
     try:
         with sf.SoundFile(tmp, "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV") as handle:
             for piece in pieces:
                 if n_samples is not None:
                     piece = piece[: max(0, n_samples - written)]
-                clipped += int(np.count_nonzero(np.abs(piece) > 1.0))
-                handle.write(np.clip(piece, -1.0, 1.0))
+                overshoot += int(np.count_nonzero(np.abs(piece) > 1.0))
+                handle.write(limit_peaks(piece))
                 written += len(piece)
             if n_samples is not None and written < n_samples:
                 handle.write(np.zeros(n_samples - written))
@@ -515,8 +517,8 @@ def _write_wav(path: Path, pieces: Iterable[np.ndarray], rate: int, n_samples: i
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if clipped:
-        log.warning("%s: %d sample(s) beyond [-1, 1] were clipped", path, clipped)
+    if overshoot:
+        log.info("%s: %d sample(s) beyond full scale were soft-limited", path, overshoot)
 
 
 # -- batch conversion of files -------------------------------------------------------------------
