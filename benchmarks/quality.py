@@ -3,6 +3,7 @@
     python benchmarks/quality.py [--root ../shared/data/vcc2016] [--out runs/quality]
                                  [--pairs SF1-TF2 SF1-TM3 SM1-TF2 SM1-TM3] [--preset small]
                                  [--minutes 20 | --iterations N] [--seed 0] [--set key=value ...]
+                                 [--energy generator|source] [--smooth PASSES] [--eval-only]
 
 For each pair, `cyclegan-vc recipe vcc2016` (first 81 source / last 81 target training sentences,
 training under the budget, the 54 evaluation sentences converted both ways and scored beside the
@@ -61,25 +62,28 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--energy", choices=["generator", "source"], default="generator",
                         help="the converted speech's c0: the generator's (the paper) or the source's, mean-variance mapped")
+    parser.add_argument("--smooth", type=int, default=0,
+                        help="passes of the [1, 2, 1]/4 filter along time over the generator's output (0: the paper)")
     parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate the runs already trained under --out again, into RUN/evaluation-<energy>/, "
+                        help="evaluate the runs already trained under --out again, into RUN/evaluation-<energy>[-smooth<N>]/, "
                         "without training")
     args = parser.parse_args()
 
     print(hardware())
     budget = f"{args.iterations} iterations" if args.iterations else f"{args.minutes:g} minutes"
     print(f"preset {args.preset}, budget {budget} per pair, seed {args.seed}, overrides {args.set or 'none'}, "
-          f"energy {args.energy}")
+          f"energy {args.energy}, smooth {args.smooth}")
     rows = []
     for pair in args.pairs:
         source, target = pair.split("-")
         run = args.out / pair
-        evaluation = run / (f"evaluation-{args.energy}" if args.eval_only else "evaluation")
+        name = f"evaluation-{args.energy}" + (f"-smooth{args.smooth}" if args.smooth else "")
+        evaluation = run / (name if args.eval_only else "evaluation")
         metrics = evaluation / "metrics.json"
         if not metrics.is_file() and args.eval_only:
             source_dir, target_dir = (args.root / "evaluation_all" / speaker for speaker in (source, target))
             start = time.perf_counter()
-            evaluate(run, source_dir, target_dir, evaluation, energy=args.energy, progress=False)
+            evaluate(run, source_dir, target_dir, evaluation, energy=args.energy, smooth=args.smooth, progress=False)
             print(f"{pair}: evaluated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
         elif not metrics.is_file():
             start = time.perf_counter()
@@ -87,7 +91,7 @@ def main() -> None:
                 args.root, source, target, run, preset=args.preset,
                 minutes=None if args.iterations else args.minutes, iterations=args.iterations,
                 overrides=args.set, seed=args.seed, cache_dir=args.out / "cache", device="auto",
-                energy=args.energy, progress=False,
+                energy=args.energy, smooth=args.smooth, progress=False,
             )
             print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
         data = json.loads(metrics.read_text())

@@ -22,10 +22,18 @@ from cyclegan_vc import cli
 from cyclegan_vc.audio import AudioError, limit_peaks, load_audio, save_audio
 from cyclegan_vc.checkpoint import export_model
 from cyclegan_vc.config import load_config
-from cyclegan_vc.conversion import ConversionReport, VoiceConverter, convert, expand_inputs, plan_chunks
+from cyclegan_vc.conversion import (
+    ConversionReport,
+    VoiceConverter,
+    convert,
+    expand_inputs,
+    load_converter,
+    plan_chunks,
+    smooth_frames,
+)
 from cyclegan_vc.features import FeatureConfig, analyze
 from cyclegan_vc.models import build_generator
-from cyclegan_vc.stats import compute_stats
+from cyclegan_vc.stats import compute_stats, denormalize, normalize
 
 RATE = 16000
 
@@ -149,6 +157,42 @@ def test_energy_from_the_source_replaces_only_c0_with_the_mean_variance_mapped_i
     assert len(wave) == len(speech) and np.isfinite(wave).all()
     with pytest.raises(ValueError, match="energy"):
         VoiceConverter.load(model_path, device="cpu", energy="loudest")
+
+
+def test_smooth_frames_removes_the_period_two_pattern_and_keeps_slow_change():
+    t = np.arange(200, dtype=np.float64)
+    slow = np.sin(2 * np.pi * t / 40)[:, None] * np.ones((1, 3))  # 5 Hz at 5 ms frames
+    checker = np.where(t % 2 == 0, 1.0, -1.0)[:, None] * np.ones((1, 3))  # the pixel shuffle's mark
+    period4 = np.cos(np.pi * t / 2)[:, None] * np.ones((1, 3))
+    np.testing.assert_array_equal(smooth_frames(slow, 0), slow)
+    for passes in (1, 2):
+        out = smooth_frames(slow + checker, passes)
+        inner = slice(passes, -passes)  # the edges repeat the end frames
+        gain = np.cos(np.pi / 40) ** (2 * passes)  # cos(w/2)^(2n) at w = 2 pi / 40
+        np.testing.assert_allclose(out[inner], gain * slow[inner], atol=1e-9)
+        np.testing.assert_allclose(smooth_frames(period4, passes)[inner], 0.5 ** passes * period4[inner], atol=1e-12)
+    constant = np.full((7, 2), 3.25)
+    np.testing.assert_allclose(smooth_frames(constant, 3), constant)
+    with pytest.raises(ValueError, match="passes"):
+        smooth_frames(slow, -1)
+
+
+def test_smooth_option_filters_the_generator_output_only(model_path, vc, speech):
+    feats = analyze(speech, vc.features)
+    smoothed = VoiceConverter.load(model_path, device="cpu", smooth=1)
+    both = VoiceConverter.load(model_path, device="cpu", smooth=1, energy="source")
+    source = VoiceConverter.load(model_path, device="cpu", energy="source")
+    for direction, (src, tgt) in (("A2B", ("A", "B")), ("B2A", ("B", "A"))):
+        paper = vc.convert_mcep(feats.mcep, direction)
+        expected = denormalize(smooth_frames(normalize(paper, vc.stats[tgt]), 1), vc.stats[tgt])
+        np.testing.assert_allclose(smoothed.convert_mcep(feats.mcep, direction), expected, atol=1e-6)
+        kept = both.convert_mcep(feats.mcep, direction)
+        np.testing.assert_allclose(kept[:, 1:], expected[:, 1:], atol=1e-6)
+        np.testing.assert_allclose(kept[:, 0], source.convert_mcep(feats.mcep, direction)[:, 0], atol=1e-12)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="smooth"):
+            load_converter(model_path, device="cpu", smooth=bad)
+    assert load_converter(smoothed, smooth=2) is smoothed and smoothed.smooth == 2
 
 
 def test_stereo_input_is_averaged(vc, speech):
@@ -305,6 +349,16 @@ def test_python_api_and_cli_give_the_same_output(vc, model_path, vcc_file, tmp_p
     np.testing.assert_array_equal(api, via_cli)
     wave, _ = vc.convert(*load_audio(src, sample_rate=None), direction="B2A")
     np.testing.assert_allclose(api, limit_peaks(wave), atol=1 / 32768)
+    # the conversion options reach the converter from the command line
+    options = ["--energy", "source", "--smooth", "2"]
+    code = cli.main(["convert", "--model", str(model_path), str(src), "--out", str(tmp_path / "opt"), "--device", "cpu", *options])
+    assert code == 0
+    tuned = VoiceConverter.load(model_path, device="cpu", energy="source", smooth=2)
+    tuned.convert_file(src, tmp_path / "tuned.wav")
+    np.testing.assert_array_equal(sf.read(str(tmp_path / "opt" / "100002.wav"))[0], sf.read(str(tmp_path / "tuned.wav"))[0])
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "--model", str(model_path), str(src), "--out", str(tmp_path / "bad"), "--smooth", "-1"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_batch_skips_bad_inputs_and_reports_them(model_path, vc, vcc_file, tmp_path, capsys):

@@ -78,6 +78,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         device=args.device,
         keep_rate=args.keep_rate,
         energy=args.energy,
+        smooth=args.smooth,
         progress=not args.no_progress,
     )
     print(report.summary())
@@ -107,6 +108,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         target_refs=args.target_refs,
         n_examples=args.examples,
         energy=args.energy,
+        smooth=args.smooth,
     )
     return _print_evaluation(run)
 
@@ -123,6 +125,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         n_eval=args.eval_sentences,
         device=args.device,
         energy=args.energy,
+        smooth=args.smooth,
     )
     return _print_evaluation(run)
 
@@ -145,11 +148,32 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         device=args.device,
         energy=args.energy,
+        smooth=args.smooth,
     )
     return _print_evaluation(run)
 
 
 DEFAULT_ENERGY = "generator"
+
+
+def _smooth_passes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of passes >= 0, got {text!r}")
+    return value
+
+
+def _add_conversion_options(p: argparse.ArgumentParser) -> None:
+    """The options of the converted speech, shared by convert, evaluate, demo and recipe."""
+    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
+                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
+                   "mean-variance mapped (default: %(default)s)")
+    p.add_argument("--smooth", type=_smooth_passes, default=0, metavar="PASSES",
+                   help="passes of a [1, 2, 1]/4 filter along time over the generator's output; removes the "
+                   "pixel shuffle's period-2 frame pattern (default: %(default)s, none: the paper)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,9 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--keep-rate", action="store_true", help="write at each input's sample rate (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
-                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
-                   "mean-variance mapped (default: %(default)s)")
+    _add_conversion_options(p)
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("evaluate", help="objective evaluation against baselines on parallel held-out data")
@@ -221,9 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="other recordings of speaker A for its speaker embedding (default: the run's training files)")
     p.add_argument("--target-refs", type=Path, default=None, help="the same for speaker B")
     p.add_argument("--examples", type=int, default=3, help="sentences per direction with plots and players")
-    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
-                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
-                   "mean-variance mapped (default: %(default)s)")
+    _add_conversion_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="corpus -> prepare -> train -> convert -> evaluate, offline")
@@ -236,9 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sentences", type=int, default=None,
                    help="held-out parallel sentences (default: all of the corpus's)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
-                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
-                   "mean-variance mapped (default: %(default)s)")
+    _add_conversion_options(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("recipe", help="the paper's protocol on a corpus (vcc2016)")
@@ -254,9 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
     p.add_argument("--cache-dir", type=Path, default=None, help="shared feature cache (reused across pairs)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
-                   help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
-                   "mean-variance mapped (default: %(default)s)")
+    _add_conversion_options(p)
     p.set_defaults(func=_cmd_recipe)
     return parser
 

@@ -31,6 +31,7 @@ def demo(
     overrides: Sequence[str] = (),
     device: str = "auto",
     energy: str = "generator",
+    smooth: int = 0,
     progress: bool = True,
 ) -> EvaluationRun:
     """Run the whole toolkit on the offline flite corpus (voice A = slt, voice B = rms).
@@ -72,5 +73,5 @@ def demo(
     )
     return evaluate(
         run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, energy=energy,
-        progress=progress,
+        smooth=smooth, progress=progress,
     )

@@ -146,10 +146,12 @@ def _sentence(converter: VoiceConverter, evaluator: Evaluator, direction: str, s
 _WORKER: dict = {}
 
 
-def _init_worker(model: str, speaker_similarity: bool, naturalness: bool, energy: str = "generator") -> None:
+def _init_worker(
+    model: str, speaker_similarity: bool, naturalness: bool, energy: str = "generator", smooth: int = 0
+) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    converter = VoiceConverter.load(model, device="cpu", energy=energy)
+    converter = VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth)
     _WORKER["converter"] = converter
     _WORKER["evaluator"] = Evaluator(converter.features, speaker_similarity=speaker_similarity, naturalness=naturalness)
 
@@ -164,6 +166,8 @@ def _conventions(converter: VoiceConverter) -> dict[str, str]:
         "cyclegan: log-Gaussian F0 transform, aperiodicity copied, mel-cepstra through the generator; "
         + ("c0 (frame energy) from the generator, as in the paper." if converter.energy == "generator" else
            "c0 (frame energy) from the source, mean-variance mapped (energy=source), c1 and up from the generator.")
+        + (f" Generator output smoothed along time by {converter.smooth} pass(es) of [1, 2, 1]/4 (smooth={converter.smooth})."
+           if converter.smooth else "")
     )
     return out
 
@@ -184,6 +188,7 @@ def evaluate(
     evaluator: Evaluator | None = None,
     jobs: int | None = None,
     energy: str | None = None,
+    smooth: int | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
     """Convert every parallel evaluation sentence both ways and score it beside the baselines.
@@ -206,13 +211,15 @@ def evaluate(
         energy: the ``cyclegan`` system's c0, ``"generator"`` or ``"source"`` (see
             :class:`~cyclegan_vc.conversion.VoiceConverter`); ``None``: a given converter's setting,
             else ``"generator"``.
+        smooth: passes of :func:`~cyclegan_vc.conversion.smooth_frames` over the generator's output;
+            ``None``: a given converter's setting, else 0 (none, the paper).
         progress: show progress bars.
 
     Raises:
         ValueError: no sentence is present for both speakers (the message names both folders).
     """
     start = time.perf_counter()
-    converter = load_converter(model, device, energy)
+    converter = load_converter(model, device, energy, smooth)
     rate = converter.sample_rate
     out = Path(out)
     source_eval, target_eval = Path(source_eval), Path(target_eval)
@@ -262,6 +269,7 @@ def evaluate(
         "features": converter.features.to_dict(),
         "references": {role: len(refs[role]) for role in refs},
         "energy": converter.energy,
+        "smooth": converter.smooth,
     })
     examples: list[ReportExample] = []
     tasks = [(direction, uid, waves) for direction in DIRECTIONS for uid, waves in sentences]
@@ -271,7 +279,7 @@ def evaluate(
         workers = min(jobs or os.cpu_count() or 1, len(tasks))
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_worker,
-            initargs=(str(model), speaker_similarity, naturalness, converter.energy),
+            initargs=(str(model), speaker_similarity, naturalness, converter.energy, converter.smooth),
         )
     try:
         if pool is not None:

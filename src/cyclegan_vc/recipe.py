@@ -30,6 +30,7 @@ def recipe(
     device: str = "auto",
     seed: int | None = None,
     energy: str = "generator",
+    smooth: int = 0,
     progress: bool = True,
 ) -> EvaluationRun:
     """Run CycleGAN-VC's VCC 2016 protocol for one speaker pair.
@@ -80,5 +81,5 @@ def recipe(
     )
     return evaluate(
         run, evaluation / source, evaluation / target, run / "evaluation", device=device, energy=energy,
-        progress=progress,
+        smooth=smooth, progress=progress,
     )
