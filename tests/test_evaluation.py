@@ -96,6 +96,29 @@ def test_in_process_and_worker_processes_agree(tiny_run, eval_dirs, tmp_path):
             np.testing.assert_allclose(a, b, rtol=1e-9)
 
 
+def test_each_recording_is_analysed_once_with_the_same_numbers(tiny_run, eval_dirs, tmp_path, monkeypatch):
+    """Per sentence: 8 F0 estimations (the two recordings once each, then per direction the converted
+    and mean-variance waveforms and the resynthesis), not 12; the shared analysis gives the metrics
+    that analysing every waveform afresh gives."""
+    import cyclegan_vc.features as features
+    from cyclegan_vc.audio import load_audio
+    from cyclegan_vc.metrics import Evaluator
+
+    calls = []
+    real = features.estimate_f0
+    monkeypatch.setattr(features, "estimate_f0", lambda wave, config: calls.append(len(wave)) or real(wave, config))
+    run = evaluate(tiny_run, *eval_dirs, tmp_path / "out", device="cpu", n_examples=0, speaker_similarity=False,
+                   naturalness=False, progress=False, jobs=1)
+    assert len(calls) == 8 * len(EVAL_IDS)
+    monkeypatch.setattr(features, "estimate_f0", real)
+    config = features.FeatureConfig.from_dict(run.results.meta["features"])
+    fresh = Evaluator(config, speaker_similarity=False, naturalness=False)  # analyses every waveform afresh
+    for direction, (src, tgt) in (("A2B", (0, 1)), ("B2A", (1, 0))):
+        for result in run.results.directions[direction].systems["no_conversion"]:
+            a, b = (load_audio(eval_dirs[i] / f"{result.id}.flac", sample_rate=16000)[0] for i in (src, tgt))
+            assert result.mcd_db == fresh.evaluate_utterance(result.id, a, b, 16000).mcd_db
+
+
 def test_a_bad_evaluation_file_is_reported_and_its_sentence_skipped(tiny_run, eval_dirs, tmp_path):
     src = tmp_path / "SF1"
     shutil.copytree(eval_dirs[0], src)

@@ -7,6 +7,7 @@ from cyclegan_vc.features import (
     FeatureConfig,
     WorldFeatures,
     analyze,
+    analyze_envelope,
     decode_aperiodicity,
     decode_envelope,
     encode_aperiodicity,
@@ -82,3 +83,12 @@ def test_synthesis_rejects_mismatched_frames():
     feats = WorldFeatures(f0=np.zeros(10), mcep=np.zeros((11, 24)), ap=np.ones((10, 513)))
     with pytest.raises(ValueError, match="frame counts differ"):
         synthesize(feats, cfg)
+
+
+def test_analysis_reuses_a_given_envelope_with_identical_results(vcc_file):
+    wave, _ = load_audio(vcc_file("SF1", 100003), sample_rate=16000)
+    config = FeatureConfig(f0_method="dio")
+    envelope = analyze_envelope(wave, config)
+    shared, fresh = analyze(wave, config, envelope=envelope), analyze(wave, config)
+    for name in ("f0", "mcep", "ap"):
+        np.testing.assert_array_equal(getattr(shared, name), getattr(fresh, name))

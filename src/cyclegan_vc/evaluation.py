@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from .audio import AudioError, load_audio, save_audio
 from .conversion import VoiceConverter, load_converter
 from .data.corpus import list_audio_files, match_parallel, utterance_id
-from .features import FeatureConfig, WorldFeatures, analyze, synthesize
+from .features import FeatureConfig, WorldFeatures, analyze, analyze_envelope, synthesize
 from .metrics import Evaluator, conventions, mean_variance_convert
 from .report import DirectionResults, EvaluationResults, ReportExample, format_table, write_report
 from .utils import read_json
@@ -125,22 +125,31 @@ def _synthesize(feats: WorldFeatures, config: FeatureConfig, samples: int) -> np
 SYSTEM_NAMES = ("cyclegan", "no_conversion", "mean_variance", "world_resynthesis")
 
 
-def _sentence(converter: VoiceConverter, evaluator: Evaluator, direction: str, source: np.ndarray, target: np.ndarray):
-    """Every system's waveform for one sentence in one direction, and the evaluator's analysis of each
-    waveform (WORLD, speaker embedding, DNSMOS: the expensive parts, done here so that they can run in
-    a worker process)."""
-    src, tgt = DIRECTIONS[direction]
+def _sentence(converter: VoiceConverter, evaluator: Evaluator, waves: dict[str, np.ndarray]):
+    """Every system's waveform for one sentence (``{"A": wave, "B": wave}``) in both directions
+    (``{direction: {system: wave}}``), and the evaluator's analysis of each distinct waveform (WORLD,
+    speaker embedding, DNSMOS: the expensive parts, done here so that they can run in a worker).
+
+    Each recording's F0 and envelope are estimated once: they serve as the source of one direction,
+    the resynthesis baseline of the other, and the metrics' reference (the same numbers as analysing
+    it three times)."""
     config = converter.features
-    feats = analyze(source, config)
-    converted = _synthesize(converter.convert_features(feats, direction), config, len(source))
-    mcep, f0 = mean_variance_convert(feats.mcep, feats.f0, converter.stats[src], converter.stats[tgt])
-    linear = _synthesize(WorldFeatures(f0=f0, mcep=mcep, ap=feats.ap), config, len(source))
-    resynth = _synthesize(analyze(target, config), config, len(target))
-    waves = {"cyclegan": converted, "no_conversion": source, "mean_variance": linear, "world_resynthesis": resynth}
     rate = config.sample_rate
-    # The source is the target of the opposite direction: its analysis comes from that task.
-    analysed = [(w, evaluator.analysis(w, rate)) for w in (converted, linear, resynth, target)]
-    return waves, analysed
+    envelopes = {role: analyze_envelope(wave, config) for role, wave in waves.items()}
+    feats = {role: analyze(wave, config, envelope=envelopes[role]) for role, wave in waves.items()}
+    resynth = {role: _synthesize(feats[role], config, len(wave)) for role, wave in waves.items()}
+    systems: dict[str, dict[str, np.ndarray]] = {}
+    analysed = [(wave, evaluator.analysis(wave, rate, envelopes[role])) for role, wave in waves.items()]
+    for direction, (src, tgt) in DIRECTIONS.items():
+        source = waves[src]
+        converted = _synthesize(converter.convert_features(feats[src], direction), config, len(source))
+        mcep, f0 = mean_variance_convert(feats[src].mcep, feats[src].f0, converter.stats[src], converter.stats[tgt])
+        linear = _synthesize(WorldFeatures(f0=f0, mcep=mcep, ap=feats[src].ap), config, len(source))
+        systems[direction] = {
+            "cyclegan": converted, "no_conversion": source, "mean_variance": linear, "world_resynthesis": resynth[tgt],
+        }
+        analysed += [(w, evaluator.analysis(w, rate)) for w in (converted, linear, resynth[tgt])]
+    return systems, analysed
 
 
 _WORKER: dict = {}
@@ -156,8 +165,8 @@ def _init_worker(
     _WORKER["evaluator"] = Evaluator(converter.features, speaker_similarity=speaker_similarity, naturalness=naturalness)
 
 
-def _sentence_in_worker(direction: str, source: np.ndarray, target: np.ndarray):
-    return _sentence(_WORKER["converter"], _WORKER["evaluator"], direction, source, target)
+def _sentence_in_worker(waves: dict[str, np.ndarray]):
+    return _sentence(_WORKER["converter"], _WORKER["evaluator"], waves)
 
 
 def _conventions(converter: VoiceConverter) -> dict[str, str]:
@@ -272,39 +281,40 @@ def evaluate(
         "smooth": converter.smooth,
     })
     examples: list[ReportExample] = []
-    tasks = [(direction, uid, waves) for direction in DIRECTIONS for uid, waves in sentences]
-    use_pool = jobs != 1 and len(tasks) > 1 and not isinstance(model, VoiceConverter)
+    use_pool = jobs != 1 and len(sentences) > 1 and not isinstance(model, VoiceConverter)
     pool = None
     if use_pool:
-        workers = min(jobs or os.cpu_count() or 1, len(tasks))
+        workers = min(jobs or os.cpu_count() or 1, len(sentences))
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_worker,
             initargs=(str(model), speaker_similarity, naturalness, converter.energy, converter.smooth),
         )
     try:
         if pool is not None:
-            futures = [pool.submit(_sentence_in_worker, d, w[DIRECTIONS[d][0]], w[DIRECTIONS[d][1]]) for d, _, w in tasks]
+            futures = [pool.submit(_sentence_in_worker, waves) for _, waves in sentences]
             outputs = (f.result() for f in futures)
         else:
-            outputs = (_sentence(converter, evaluator, d, w[DIRECTIONS[d][0]], w[DIRECTIONS[d][1]]) for d, _, w in tasks)
+            outputs = (_sentence(converter, evaluator, waves) for _, waves in sentences)
         per_direction: dict[str, dict[str, list]] = {d: {name: [] for name in SYSTEM_NAMES} for d in DIRECTIONS}
-        for (direction, uid, waves), (system_waves, analysed) in tqdm(
-            zip(tasks, outputs), total=len(tasks), desc="convert + analyse", unit="utt", disable=not progress
+        for (uid, waves), (systems, analysed) in tqdm(
+            zip(sentences, outputs), total=len(sentences), desc="convert + analyse", unit="sentence", disable=not progress
         ):
-            src, tgt = DIRECTIONS[direction]
             for wave, analysis in analysed:
                 evaluator.prime(wave, rate, analysis)
-            save_audio(out / "converted" / direction / f"{uid}.wav", system_waves["cyclegan"], rate)
-            for name in SYSTEM_NAMES:
-                per_direction[direction][name].append((uid, waves[src], system_waves[name], waves[tgt]))
-            if sum(e.direction == direction for e in examples) < n_examples:
-                examples.append(ReportExample(direction, uid, {
-                    "source": waves[src], "converted": system_waves["cyclegan"],
-                    "mean_variance": system_waves["mean_variance"], "target": waves[tgt],
-                }, rate))
+            for direction, (src, tgt) in DIRECTIONS.items():
+                system_waves = systems[direction]
+                save_audio(out / "converted" / direction / f"{uid}.wav", system_waves["cyclegan"], rate)
+                for name in SYSTEM_NAMES:
+                    per_direction[direction][name].append((uid, waves[src], system_waves[name], waves[tgt]))
+                if sum(e.direction == direction for e in examples) < n_examples:
+                    examples.append(ReportExample(direction, uid, {
+                        "source": waves[src], "converted": system_waves["cyclegan"],
+                        "mean_variance": system_waves["mean_variance"], "target": waves[tgt],
+                    }, rate))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+    examples.sort(key=lambda e: list(DIRECTIONS).index(e.direction))  # all of A2B, then B2A
     for direction, (src, tgt) in DIRECTIONS.items():
         block = DirectionResults(source=converter.speakers[src], target=converter.speakers[tgt])
         for name, items in per_direction[direction].items():

@@ -124,17 +124,21 @@ def decode_aperiodicity(coded: np.ndarray, config: FeatureConfig) -> np.ndarray:
     )
 
 
-def analyze(wave: np.ndarray, config: FeatureConfig = FeatureConfig()) -> WorldFeatures:
+def analyze(
+    wave: np.ndarray, config: FeatureConfig = FeatureConfig(), envelope: "SpectralEnvelope | None" = None
+) -> WorldFeatures:
     """WORLD analysis of a mono waveform at ``config.sample_rate``.
 
     Returns F0 (harvest or dio+stonemask), the CheapTrick envelope coded to ``mcep_dim``
     mel-cepstral coefficients, and D4C aperiodicity, one row per ``frame_period`` ms.
+    ``envelope``: :func:`analyze_envelope` of this same waveform and config, whose F0 and envelope are
+    then reused (the result is identical; only D4C and the coding are computed).
     """
     x = np.ascontiguousarray(wave, dtype=np.float64)
-    f0, t = estimate_f0(x, config)
-    fft_size = config.fft_size
-    sp = pyworld.cheaptrick(x, f0, t, config.sample_rate, f0_floor=config.f0_floor, fft_size=fft_size)
-    ap = pyworld.d4c(x, f0, t, config.sample_rate, fft_size=fft_size)
+    if envelope is None:
+        envelope = analyze_envelope(x, config)
+    f0, sp, t = envelope.f0, envelope.sp, envelope.t
+    ap = pyworld.d4c(x, f0, t, config.sample_rate, fft_size=config.fft_size)
     return WorldFeatures(f0=f0, mcep=encode_envelope(sp, config), ap=ap)
 
 
@@ -145,10 +149,12 @@ class SpectralEnvelope:
     Attributes:
         f0: ``(T,)`` float64, Hz; 0 on unvoiced frames.
         sp: ``(T, fft_size // 2 + 1)`` float64 power spectral envelope.
+        t: ``(T,)`` float64 frame times (s), as the F0 estimator returned them.
     """
 
     f0: np.ndarray
     sp: np.ndarray
+    t: np.ndarray
 
 
 def analyze_envelope(wave: np.ndarray, config: FeatureConfig = FeatureConfig()) -> SpectralEnvelope:
@@ -157,7 +163,7 @@ def analyze_envelope(wave: np.ndarray, config: FeatureConfig = FeatureConfig()) 
     x = np.ascontiguousarray(wave, dtype=np.float64)
     f0, t = estimate_f0(x, config)
     sp = pyworld.cheaptrick(x, f0, t, config.sample_rate, f0_floor=config.f0_floor, fft_size=config.fft_size)
-    return SpectralEnvelope(f0=f0, sp=sp)
+    return SpectralEnvelope(f0=f0, sp=sp, t=t)
 
 
 def synthesize(features: WorldFeatures, config: FeatureConfig = FeatureConfig()) -> np.ndarray:

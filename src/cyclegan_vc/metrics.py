@@ -31,7 +31,7 @@ from scipy.spatial.distance import cdist
 from tqdm import tqdm
 
 from .audio import resample
-from .features import FeatureConfig, analyze_envelope
+from .features import FeatureConfig, SpectralEnvelope, analyze_envelope
 from .stats import SpeakerStats, convert_f0, denormalize, normalize
 
 __all__ = [
@@ -165,6 +165,7 @@ def mel_cepstrum(
     config: FeatureConfig = FeatureConfig(),
     order: int = EVAL_ORDER,
     alpha: float = EVAL_ALPHA,
+    envelope: SpectralEnvelope | None = None,
 ) -> EvalFeatures:
     """The evaluation mel-cepstrum (and F0) of a mono waveform.
 
@@ -178,12 +179,14 @@ def mel_cepstrum(
         config: WORLD analysis settings.
         order: mel-cepstrum order; the result has ``order + 1`` coefficients (c0 included).
         alpha: all-pass (frequency warping) constant.
+        envelope: :func:`~cyclegan_vc.features.analyze_envelope` of this same waveform (at
+            ``config.sample_rate``) to reuse instead of analysing it again.
 
     Returns:
         :class:`EvalFeatures` with ``f0`` ``(T,)`` Hz and ``mc`` ``(T, order + 1)``.
     """
     wave = resample(_check_wave(wave), int(sample_rate), config.sample_rate)
-    env = analyze_envelope(wave, config)
+    env = envelope if envelope is not None else analyze_envelope(wave, config)
     mc = pysptk.sp2mc(np.ascontiguousarray(env.sp, dtype=np.float64), order=order, alpha=alpha)
     return EvalFeatures(f0=np.asarray(env.f0, dtype=np.float64), mc=np.asarray(mc, dtype=np.float64))
 
@@ -669,19 +672,19 @@ class Evaluator:
         """The convention strings of this evaluation (see :func:`conventions`)."""
         return conventions(self.config)
 
-    def features(self, wave: np.ndarray, sample_rate: int) -> EvalFeatures:
-        """Cached :func:`mel_cepstrum` of a waveform."""
+    def features(self, wave: np.ndarray, sample_rate: int, envelope: SpectralEnvelope | None = None) -> EvalFeatures:
+        """Cached :func:`mel_cepstrum` of a waveform (``envelope``: its WORLD envelope, to reuse)."""
         key = _digest(wave, sample_rate)
         if key not in self._features:
-            self._features[key] = mel_cepstrum(wave, sample_rate, self.config)
+            self._features[key] = mel_cepstrum(wave, sample_rate, self.config, envelope=envelope)
         return self._features[key]
 
-    def analysis(self, wave: np.ndarray, sample_rate: int) -> tuple:
+    def analysis(self, wave: np.ndarray, sample_rate: int, envelope: SpectralEnvelope | None = None) -> tuple:
         """Everything this evaluator computes from one waveform alone: ``(features, embedding or None,
         dnsmos or None)`` (cached). Compute it in a worker process with an evaluator of the same
-        settings and hand it to :meth:`prime` of the main one."""
+        settings and hand it to :meth:`prime` of the main one. ``envelope`` as for :meth:`features`."""
         return (
-            self.features(wave, sample_rate),
+            self.features(wave, sample_rate, envelope),
             self.embedding(wave, sample_rate) if self.encoder is not None else None,
             self.dnsmos(wave, sample_rate) if self.dnsmos_scorer is not None else None,
         )
