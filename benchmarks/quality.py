@@ -7,8 +7,9 @@
 
 For each pair, `cyclegan-vc recipe vcc2016` (first 81 source / last 81 target training sentences,
 training under the budget, the 54 evaluation sentences converted both ways and scored beside the
-baselines). A pair whose run directory already holds an evaluation is not run again (delete it to
-rerun). The table: per pair and direction, MCD [dB], F0 RMSE [cents], speaker similarity to the
+baselines). A pair already trained under --out is not trained again (delete it to rerun); its
+evaluation with the given conversion options (--energy, --smooth) is reused, or made once into
+RUN/evaluation-<energy>[-smooth<N>]/. The table: per pair and direction, MCD [dB], F0 RMSE [cents], speaker similarity to the
 target and to the source, DNSMOS overall, for the system and each baseline, and whether the system
 meets the bar (MCD <= mean-variance; sim to target >= 0.75 and >= sim to source + 0.10; DNSMOS >= 2.7).
 """
@@ -50,6 +51,15 @@ def bar(means: dict[str, dict[str, float]]) -> list[str]:
     return missed
 
 
+def matches(evaluation: Path, energy: str, smooth: int) -> bool:
+    """Whether ``evaluation`` holds metrics of a conversion with these options."""
+    path = evaluation / "metrics.json"
+    if not path.is_file():
+        return False
+    meta = json.loads(path.read_text())["meta"]
+    return meta.get("energy", "generator") == energy and meta.get("smooth", 0) == smooth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=DEFAULT_VCC)
@@ -65,8 +75,8 @@ def main() -> None:
     parser.add_argument("--smooth", type=int, default=0,
                         help="passes of the [1, 2, 1]/4 filter along time over the generator's output (0: the paper)")
     parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate the runs already trained under --out again, into RUN/evaluation-<energy>[-smooth<N>]/, "
-                        "without training")
+                        help="never train: evaluate the runs already under --out with these conversion options, "
+                        "into RUN/evaluation-<energy>[-smooth<N>]/ (unless such an evaluation exists)")
     args = parser.parse_args()
 
     print(hardware())
@@ -78,14 +88,19 @@ def main() -> None:
         source, target = pair.split("-")
         run = args.out / pair
         name = f"evaluation-{args.energy}" + (f"-smooth{args.smooth}" if args.smooth else "")
-        evaluation = run / (name if args.eval_only else "evaluation")
-        metrics = evaluation / "metrics.json"
-        if not metrics.is_file() and args.eval_only:
+        # an evaluation of this run with these conversion options: the recipe's own, or an --eval-only one
+        found = [d / "metrics.json" for d in (run / "evaluation", run / name) if matches(d, args.energy, args.smooth)]
+        if found:
+            metrics = found[0]
+        elif args.eval_only or (run / "evaluation" / "metrics.json").is_file():
+            if not args.eval_only:
+                print(f"{pair}: trained and evaluated with other conversion options; evaluating again into {run / name}")
             source_dir, target_dir = (args.root / "evaluation_all" / speaker for speaker in (source, target))
             start = time.perf_counter()
-            evaluate(run, source_dir, target_dir, evaluation, energy=args.energy, smooth=args.smooth, progress=False)
+            evaluate(run, source_dir, target_dir, run / name, energy=args.energy, smooth=args.smooth, progress=False)
             print(f"{pair}: evaluated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
-        elif not metrics.is_file():
+            metrics = run / name / "metrics.json"
+        else:
             start = time.perf_counter()
             recipe(
                 args.root, source, target, run, preset=args.preset,
@@ -94,6 +109,7 @@ def main() -> None:
                 energy=args.energy, smooth=args.smooth, progress=False,
             )
             print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+            metrics = run / "evaluation" / "metrics.json"
         data = json.loads(metrics.read_text())
         step = json.loads((run / "validation.json").read_text())[-1]["step"] if (run / "validation.json").is_file() else "?"
         for direction, block in data["directions"].items():
