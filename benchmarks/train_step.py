@@ -1,7 +1,7 @@
 """Speed of one CycleGAN-VC training iteration: Trainer.train_step against the plain reference.
 
     python benchmarks/train_step.py [--presets paper small] [--batch 1 4] [--iterations 3] [--repeats 3]
-                                    [--threads N] [--phases identity no-identity] [--breakdown]
+                                    [--threads N] [--phases identity no-identity] [--breakdown] [--profile]
 
 For each preset, batch size and phase (``identity``: with the identity-mapping loss, as in the first
 10^4 iterations; ``no-identity``: without it, as in the rest of training), side by side in one run:
@@ -35,6 +35,13 @@ others leave. Two things make the numbers usable there:
   CPU time is what the wall-clock time would be on an idle machine with balanced threads. ``cpu % of
   peak`` compares it with the same estimate for the matmul (main-thread CPU time of the 2048^3
   ``torch.mm``), an estimate of the fraction of peak on an idle machine.
+
+With ``--profile``, one more run of the fast step per preset (batch 1, identity phase) under
+``torch.profiler``: the share of the operators' time spent in matrix products (``aten::mm``,
+``addmm``, ``bmm``), the throughput of those products alone (the counted FLOPs over their time, against
+the same matmul peak), and the operators that take the most time. It separates the two reasons a step
+falls short of the peak: small matrix shapes (the products themselves run below the peak) and the
+rest (element-wise and data-movement work between them).
 
 The data pipeline share is the time of ``CropSampler.sample`` for both speakers (in-memory random
 features: 160 utterances of 300-900 frames per speaker) over the time of the fast iteration.
@@ -159,6 +166,37 @@ def bench(preset: str, batch: int, phase: str, args: argparse.Namespace, peak: P
     return {"preset": preset, "batch": batch, "phase": phase, "flops": flops, "wall": wall, "cpu": cpu, "data": data}
 
 
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
+
+
+def profile(preset: str, args: argparse.Namespace, peak: Peak) -> None:
+    """Where the fast step's time goes: matrix products against the rest (see the module docstring)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    config = load_config(preset, ["training.batch_size=1"])
+    t = config.training
+    dim = config.model.generator_kwargs.get("in_channels", 24)
+    sampler = CropSampler({"A": random_features(40, dim, 1), "B": random_features(40, dim, 2)}, t.crop_frames, 1, seed=0)
+    trainer = Trainer(config)
+    crops = [(sampler.sample("A"), sampler.sample("B")) for _ in range(args.iterations)]
+    fast_step(trainer, *crops[0])
+    flops = count_flops(fast_step, trainer, *crops[0])
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for x, y in crops:
+            fast_step(trainer, x, y)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events) / 1e6 / len(crops)
+    gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6 / len(crops)
+    rate = flops / gemm / 1e9
+    print(f"profile {preset} batch 1 identity: operators {total:.3f} s/it, of which matrix products {gemm:.3f} s "
+          f"({100 * gemm / total:.1f}%), running at {rate:.1f} GFLOP/s = {100 * rate / max(peak.wall):.1f}% of the peak; "
+          "the rest runs no FLOPs counted here")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
+        share = e.self_cpu_time_total / 1e6 / len(crops)
+        print(f"    {e.key:<40}{share:>8.3f} s/it {100 * share / total:>6.1f}%  {e.count // len(crops):>5} calls/it")
+
+
 def report(rows: list[dict], peak: Peak) -> None:
     wall_peak, cpu_peak = max(peak.wall), max(peak.cpu)
     print(f"fp32 matmul peak (2048^3 torch.mm, {torch.get_num_threads()} threads): {wall_peak:.1f} GFLOP/s wall-clock "
@@ -190,6 +228,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--breakdown", action="store_true", help="also time the reference step with the GEMM "
                         "convolutions and fused Adam")
+    parser.add_argument("--profile", action="store_true", help="also profile the fast step: matrix products "
+                        "against the rest")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -207,6 +247,9 @@ def main() -> None:
     ]
     print(f"load average after the run {os.getloadavg()[0]:.2f}")
     report(rows, peak)
+    if args.profile:
+        for preset in args.presets:
+            profile(preset, args, peak)
 
 
 if __name__ == "__main__":
