@@ -280,7 +280,7 @@ def test_chunk_join_is_exact_for_a_time_invariant_segment_function(vc, speech, t
     src = save_audio(tmp_path / "long.wav", wave, RATE, subtype="FLOAT")
     converter.convert_file(src, tmp_path / "out.wav")
     written, _ = sf.read(str(tmp_path / "out.wav"))
-    np.testing.assert_allclose(written, np.tanh(3 * wave), atol=1 / 32768)
+    np.testing.assert_allclose(written, limit_peaks(np.tanh(3 * wave)), atol=1 / 32768)  # the file's peaks pass the limiter
 
 
 def _peak_memory_of_conversion(converter: VoiceConverter, src: Path, dst: Path) -> int:
