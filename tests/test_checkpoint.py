@@ -143,16 +143,16 @@ def test_conversion_model_round_trip(tmp_path):
             torch.testing.assert_close(net(x), original["generators"][role].eval()(x), rtol=0, atol=0)
     # conversion de-normalises with the target's statistics: a (T, D) array in, (T, D) out
     assert model.convert_mcep(np.zeros((12, 24)), "A2B").shape == (12, 24)
-    # a run directory resolves to model_best, else model_latest
+    # a run directory resolves to model_latest, else model_best
     run = tmp_path / "run"
     run.mkdir()
-    export_tiny(run / "model_latest.safetensors", step=5)
-    assert load_model(run).step == 5
     export_tiny(run / "model_best.safetensors", step=3)
     assert load_model(run).step == 3
+    export_tiny(run / "model_latest.safetensors", step=5)
+    assert load_model(run).step == 5
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    with pytest.raises(CheckpointError, match="model_best"):
+    with pytest.raises(CheckpointError, match="model_latest"):
         load_model(empty)
 
 

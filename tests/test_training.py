@@ -215,7 +215,9 @@ def record_crops(trainer: Trainer) -> list[torch.Tensor]:
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
     # 6 iterations spanning the identity cut-off (3) and the decay start (2)
-    config = debug_config("training.iterations=8", "training.identity_steps=3", "training.lr_decay_start=2")
+    config = debug_config(
+        "training.iterations=8", "training.identity_steps=3", "training.lr_decay_start=2", "training.generator_ema=0.9"
+    )
     straight = Trainer(config, tiny_data)
     straight_crops = record_crops(straight)
     straight_losses = [straight.train_step() for _ in range(6)]
@@ -247,6 +249,46 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tiny_data, tmp_path):
         for k, state in s_opt["state"].items():
             assert all(torch.equal(v, r_opt["state"][k][n]) for n, v in state.items()), f"{role} optimiser state {k}"
     assert torch.equal(straight.sampler.generator.get_state(), resumed.sampler.generator.get_state())
+    for role in ("G_ab", "G_ba"):
+        for p, q in zip(straight.generator(role).state_dict().values(), resumed.generator(role).state_dict().values()):
+            assert torch.equal(p, q), f"weight average of {role} differs after resume"
+
+
+# --- generator weight average (training.generator_ema) -----------------------------------------------
+
+
+def test_generator_ema_averages_the_weights_and_is_what_validation_and_export_use(tiny_data, tmp_path):
+    plain = Trainer(debug_config(), tiny_data)
+    assert plain.ema == {} and plain.generator("G_ab") is plain.networks["G_ab"]
+
+    decay = 0.75
+    trainer = Trainer(debug_config(f"training.generator_ema={decay}"), tiny_data)
+    expected = {role: [p.detach().clone() for p in trainer.networks[role].parameters()] for role in ("G_ab", "G_ba")}
+    for _ in range(3):
+        trainer.train_step()
+        for role in expected:
+            expected[role] = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected[role], trainer.networks[role].parameters())]
+    for role in expected:
+        average = list(trainer.generator(role).parameters())
+        assert all(torch.allclose(a, e, atol=1e-6) for a, e in zip(average, expected[role]))
+        assert not all(torch.equal(a, p) for a, p in zip(average, trainer.networks[role].parameters()))
+        assert not any(p.requires_grad for p in average)
+    assert all(net.training for net in trainer.networks.values())  # validation leaves the modes alone
+
+    source = tiny_data.eval_pairs[0][0].mcep
+    converted = trainer.convert_mcep(source, "A2B")
+    trainer.export(tmp_path / "model.safetensors")
+    model = load_model(tmp_path / "model.safetensors")
+    exported = model.generators["G_ab"].state_dict()
+    for name, value in trainer.generator("G_ab").state_dict().items():
+        assert torch.equal(exported[name], value), name
+    ema_mcep = trainer.convert_mcep(source, "A2B")
+    assert np.array_equal(converted, ema_mcep)
+    trainer.ema = {}  # the trained weights convert differently
+    assert not np.allclose(trainer.convert_mcep(source, "A2B"), ema_mcep)
+
+    with pytest.raises(Exception, match="generator_ema"):
+        debug_config("training.generator_ema=1.0").validate()
 
 
 # --- the train stage ---------------------------------------------------------------------------------

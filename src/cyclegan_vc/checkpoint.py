@@ -332,14 +332,16 @@ def export_model(
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> ConversionModel:
     """Load an exported model onto ``device`` (any device, whatever it was saved from); generators in eval mode.
 
-    ``path`` is a model file, or a run directory (its ``model_best.safetensors``, else ``model_latest``).
+    ``path`` is a model file, or a run directory: its ``model_latest.safetensors`` (the model at the end
+    of training, as the paper evaluates), else ``model_best``. ``model_best`` (the best validation MCD)
+    is used only by naming its file: on short runs the MCD favours early, barely converted models.
     """
     path = Path(path)
     if path.is_dir():
-        candidates = [path / "model_best.safetensors", path / "model_latest.safetensors"]
+        candidates = [path / "model_latest.safetensors", path / "model_best.safetensors"]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise CheckpointError(path, "run directory holds no model_best.safetensors or model_latest.safetensors")
+            raise CheckpointError(path, "run directory holds no model_latest.safetensors or model_best.safetensors")
         path = found
     payload = load_checkpoint(path, MODEL_KIND, device=device)
     require_keys(payload, MODEL_KEYS, path)

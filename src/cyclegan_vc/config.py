@@ -104,6 +104,9 @@ class TrainingConfig:
     checkpoint_interval: int = 5_000  # iterations between state_latest / model_latest saves
     milestone_interval: int = 100_000  # iterations between kept state_XXXXXXXX copies; 0 = none
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    # Deviation (0 = the paper): validate and export an exponential moving average of the generators'
+    # weights, ``ema = decay * ema + (1 - decay) * weights`` after every iteration (training is unchanged).
+    generator_ema: float = 0.0
 
 
 @dataclass
@@ -142,6 +145,8 @@ class Config:
         for name in ("generator_betas", "discriminator_betas"):
             if not all(0.0 <= b < 1.0 for b in getattr(t, name)):
                 problems.append(f"training.{name} must lie in [0, 1), got {list(getattr(t, name))}")
+        if not 0.0 <= t.generator_ema < 1.0:
+            problems.append(f"training.generator_ema must lie in [0, 1) (0 = off), got {t.generator_ema}")
         if t.short_utterances not in SHORT_UTTERANCE_POLICIES:
             problems.append(f"training.short_utterances must be one of {SHORT_UTTERANCE_POLICIES}, got {t.short_utterances!r}")
         try:

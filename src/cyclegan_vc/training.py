@@ -21,7 +21,10 @@ drawn independently (normalised MCEPs, ``(N, D, crop_frames)``):
    parameters are frozen during this backward pass, so they get no gradient from it);
 2. discriminators: least-squares loss on ``(x, fake_a)`` for ``D_a`` and ``(y, fake_b)`` for ``D_b``
    with the fakes of step 1 detached; one Adam step each for ``D_a`` and ``D_b``;
-3. ``step += 1`` and every optimiser's learning rate is set to its own base rate times
+3. with ``training.generator_ema > 0`` (a named deviation; 0, the paper, by default), each
+   generator's weight average moves towards its new weights: ``ema = decay * ema + (1 - decay) * w``;
+   the averages, not the trained weights, are then what validation scores and the exported models hold;
+4. ``step += 1`` and every optimiser's learning rate is set to its own base rate times
    :func:`lr_factor` of the new step.
 
 Validation converts held-out utterances (the prepared ``eval`` entries with the same id for A and B)
@@ -35,6 +38,7 @@ best-scoring model (lowest) is kept as ``model_best``.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -356,6 +360,11 @@ class Trainer:
             }
         for net in self.networks.values():
             net.to(self.device).train()
+        # training.generator_ema > 0: running averages of the generators' weights, which validation,
+        # export and conversion use instead of the trained weights (a named deviation; 0 = the paper)
+        self.ema: dict[str, nn.Module] = {}
+        if t.generator_ema > 0:
+            self.ema = {role: copy.deepcopy(self.networks[role]).requires_grad_(False).eval() for role in ("G_ab", "G_ba")}
         self.base_lr = {"G_ab": t.generator_lr, "G_ba": t.generator_lr, "D_a": t.discriminator_lr, "D_b": t.discriminator_lr}
         betas = {"G_ab": t.generator_betas, "G_ba": t.generator_betas, "D_a": t.discriminator_betas, "D_b": t.discriminator_betas}
         self.optimizers: dict[str, torch.optim.Optimizer] = {
@@ -402,6 +411,23 @@ class Trainer:
         """Whether the next iteration includes the identity-mapping loss (``step < identity_steps``)."""
         t = self.config.training
         return self.step < t.identity_steps and t.identity_weight > 0
+
+    def generator(self, role: str) -> nn.Module:
+        """The generator that converts for ``role`` (``"G_ab"``, ``"G_ba"``): its weight average when
+        ``training.generator_ema`` is on, else the trained network itself."""
+        return self.ema.get(role, self.networks[role])
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema = decay * ema + (1 - decay) * weights`` for both generators (after their Adam steps)."""
+        if not self.ema:
+            return
+        weight = 1.0 - self.config.training.generator_ema
+        for role, average in self.ema.items():
+            for avg, p in zip(average.parameters(), self.networks[role].parameters()):
+                avg.lerp_(p.detach(), weight)
+            for avg, b in zip(average.buffers(), self.networks[role].buffers()):
+                avg.copy_(b)
 
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
@@ -487,6 +513,7 @@ class Trainer:
             _use_fused_adam(self.optimizers[role])
             self.optimizers[role].step()
 
+        self._update_ema()
         self.step += 1
         self._apply_schedule()
         return _loss_dict(loss_g, adv_ab, adv_ba, cycle, identity, loss_d, loss_d_a, loss_d_b)
@@ -499,14 +526,15 @@ class Trainer:
         if self.data is None:
             raise RuntimeError("Trainer without data has no speaker statistics")
         src, tgt, role = DIRECTIONS[direction]
-        net = self.networks[role]
+        net = self.generator(role)
+        training = net.training
         net.eval()
         try:
             x = torch.as_tensor(normalize(mcep, self.data.stats[src]).T[None], dtype=torch.float32, device=self.device)
             with self._autocast():
                 y = net(x)
         finally:
-            net.train()
+            net.train(training)
         return denormalize(y[0].float().T.cpu().numpy().astype(np.float64), self.data.stats[tgt])
 
     @torch.no_grad()
@@ -584,14 +612,16 @@ class Trainer:
         for role, (first, second) in (("A", ("G_ab", "G_ba")), ("B", ("G_ba", "G_ab"))):
             for array in self.data.mceps[role][:n]:
                 x = torch.from_numpy(array)[None].to(self.device)
-                for net in self.networks.values():
+                nets = [self.generator(first), self.generator(second)]
+                modes = [net.training for net in nets]
+                for net in nets:
                     net.eval()
                 try:
                     with self._autocast():
-                        cycled = self.networks[second](self.networks[first](x))
+                        cycled = nets[1](nets[0](x))
                 finally:
-                    for net in self.networks.values():
-                        net.train()
+                    for net, mode in zip(nets, modes):
+                        net.train(mode)
                 errors.append(float(l1(cycled, x)))
         value = float(np.mean(errors))
         return {"cycle_l1": value, "score": value}
@@ -601,6 +631,7 @@ class Trainer:
         """The full training state as a nested dict of tensors and numbers."""
         return {
             "networks": {role: net.state_dict() for role, net in self.networks.items()},
+            "ema": {role: net.state_dict() for role, net in self.ema.items()} or None,
             "optimizers": {role: opt.state_dict() for role, opt in self.optimizers.items()},
             "schedule": {
                 "kind": "constant_then_linear",
@@ -642,6 +673,17 @@ class Trainer:
                     group["betas"] = tuple(group["betas"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(path, f"does not fit this trainer: {exc}") from None
+        saved_ema = payload.get("ema") or {}
+        for role, average in self.ema.items():
+            if role in saved_ema:
+                try:
+                    average.load_state_dict(saved_ema[role], strict=True)
+                except RuntimeError as exc:
+                    raise CheckpointError(path, f"weight average of {role} does not fit this trainer: {exc}") from None
+            else:
+                average.load_state_dict(self.networks[role].state_dict())
+        if self.ema and not saved_ema:
+            log.info("%s holds no generator weight average: starting it from the checkpoint's weights", path)
         self.step = int(payload["step"])
         self.best = None if payload["best"] is None else float(payload["best"])
         if self.sampler is not None:
@@ -658,7 +700,7 @@ class Trainer:
         m = self.config.model
         return export_model(
             path,
-            {"G_ab": self.networks["G_ab"], "G_ba": self.networks["G_ba"]},
+            {"G_ab": self.generator("G_ab"), "G_ba": self.generator("G_ba")},
             generator=m.generator,
             generator_kwargs=dict(self.networks["G_ab"].config),
             stats=self.data.stats,
@@ -733,6 +775,7 @@ def reference_train_step(trainer: Trainer, real_a: torch.Tensor, real_b: torch.T
     for role in ("D_a", "D_b"):
         trainer.optimizers[role].step()
 
+    trainer._update_ema()
     trainer.step += 1
     trainer._apply_schedule()
     return _loss_dict(loss_g, adv_ab, adv_ba, cycle, identity, loss_d, loss_d_a, loss_d_b)
