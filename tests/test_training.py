@@ -20,7 +20,7 @@ import yaml
 
 from cyclegan_vc import __version__
 from cyclegan_vc.checkpoint import STATE_KIND, load_checkpoint, load_model
-from cyclegan_vc.config import Config, config_from_dict, load_config, read_preset
+from cyclegan_vc.config import Config, ConfigError, config_from_dict, load_config, read_preset
 from cyclegan_vc.stats import SpeakerStats
 from cyclegan_vc.training import ROLES, CropSampler, Trainer, TrainingData, lr_factor, train
 
@@ -273,10 +273,12 @@ def test_generator_ema_averages_the_weights_and_is_what_validation_and_export_us
         assert all(torch.allclose(a, e, atol=1e-6) for a, e in zip(average, expected[role]))
         assert not all(torch.equal(a, p) for a, p in zip(average, trainer.networks[role].parameters()))
         assert not any(p.requires_grad for p in average)
-    assert all(net.training for net in trainer.networks.values())  # validation leaves the modes alone
 
     source = tiny_data.eval_pairs[0][0].mcep
     converted = trainer.convert_mcep(source, "A2B")
+    # conversion leaves the modes alone: the trained networks training, the averages in eval mode
+    assert all(net.training for net in trainer.networks.values())
+    assert not any(net.training for net in trainer.ema.values())
     trainer.export(tmp_path / "model.safetensors")
     model = load_model(tmp_path / "model.safetensors")
     exported = model.generators["G_ab"].state_dict()
@@ -287,7 +289,7 @@ def test_generator_ema_averages_the_weights_and_is_what_validation_and_export_us
     trainer.ema = {}  # the trained weights convert differently
     assert not np.allclose(trainer.convert_mcep(source, "A2B"), ema_mcep)
 
-    with pytest.raises(Exception, match="generator_ema"):
+    with pytest.raises(ConfigError, match="generator_ema"):
         debug_config("training.generator_ema=1.0").validate()
 
 

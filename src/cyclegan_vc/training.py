@@ -47,7 +47,7 @@ import random
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -527,14 +527,9 @@ class Trainer:
             raise RuntimeError("Trainer without data has no speaker statistics")
         src, tgt, role = DIRECTIONS[direction]
         net = self.generator(role)
-        training = net.training
-        net.eval()
-        try:
-            x = torch.as_tensor(normalize(mcep, self.data.stats[src]).T[None], dtype=torch.float32, device=self.device)
-            with self._autocast():
-                y = net(x)
-        finally:
-            net.train(training)
+        x = torch.as_tensor(normalize(mcep, self.data.stats[src]).T[None], dtype=torch.float32, device=self.device)
+        with _eval_mode(net), self._autocast():
+            y = net(x)
         return denormalize(y[0].float().T.cpu().numpy().astype(np.float64), self.data.stats[tgt])
 
     @torch.no_grad()
@@ -612,16 +607,9 @@ class Trainer:
         for role, (first, second) in (("A", ("G_ab", "G_ba")), ("B", ("G_ba", "G_ab"))):
             for array in self.data.mceps[role][:n]:
                 x = torch.from_numpy(array)[None].to(self.device)
-                nets = [self.generator(first), self.generator(second)]
-                modes = [net.training for net in nets]
-                for net in nets:
-                    net.eval()
-                try:
-                    with self._autocast():
-                        cycled = nets[1](nets[0](x))
-                finally:
-                    for net, mode in zip(nets, modes):
-                        net.train(mode)
+                forward, backward = self.generator(first), self.generator(second)
+                with _eval_mode(forward, backward), self._autocast():
+                    cycled = backward(forward(x))
                 errors.append(float(l1(cycled, x)))
         value = float(np.mean(errors))
         return {"cycle_l1": value, "score": value}
@@ -710,6 +698,19 @@ class Trainer:
             config=self.config.to_dict(),
             metrics=metrics,
         )
+
+
+@contextmanager
+def _eval_mode(*nets: nn.Module):
+    """``nets`` in eval mode inside the block, each back in its own previous mode after it."""
+    modes = [net.training for net in nets]
+    for net in nets:
+        net.eval()
+    try:
+        yield
+    finally:
+        for net, mode in zip(nets, modes):
+            net.train(mode)
 
 
 # --------------------------------------------------------------------------------------------------
