@@ -28,6 +28,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from _common import DEFAULT_VCC, hardware  # noqa: E402
 
+from cyclegan_vc.conversion import ENERGY_MODES  # noqa: E402
 from cyclegan_vc.evaluation import evaluate  # noqa: E402
 from cyclegan_vc.recipe import recipe  # noqa: E402
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--energy", choices=["generator", "source"], default="generator",
+    parser.add_argument("--energy", choices=ENERGY_MODES, default="generator",
                         help="the converted speech's c0: the generator's (the paper) or the source's, mean-variance mapped")
     parser.add_argument("--smooth", type=int, default=0,
                         help="passes of the [1, 2, 1]/4 filter along time over the generator's output (0: the paper)")
@@ -111,7 +112,9 @@ def main() -> None:
             print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
             metrics = run / "evaluation" / "metrics.json"
         data = json.loads(metrics.read_text())
-        step = json.loads((run / "validation.json").read_text())[-1]["step"] if (run / "validation.json").is_file() else "?"
+        step = data["meta"].get("model_step")  # the evaluated model's; evaluations before it: the last validation's
+        if step is None:
+            step = json.loads((run / "validation.json").read_text())[-1]["step"] if (run / "validation.json").is_file() else "?"
         for direction, block in data["directions"].items():
             means = {s: {k: (v["summary"][k]["mean"] if v["summary"][k]["mean"] is not None else float("nan"))
                          for k in KEYS} for s, v in block["systems"].items()}

@@ -12,6 +12,18 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 VCC_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "vcc2016"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the test
+    networks are tiny, and two threads only contend on a loaded 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def vcc_root() -> Path:
     if not (VCC_ROOT / "vcc2016_training" / "SF1").is_dir():

@@ -23,6 +23,7 @@ from cyclegan_vc.audio import AudioError, limit_peaks, load_audio, save_audio
 from cyclegan_vc.checkpoint import export_model
 from cyclegan_vc.config import load_config
 from cyclegan_vc.conversion import (
+    ENERGY_MODES,
     ConversionReport,
     VoiceConverter,
     convert,
@@ -38,13 +39,7 @@ from cyclegan_vc.stats import compute_stats, denormalize, normalize
 RATE = 16000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the generators are tiny, and threads only contend on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stats(vcc_file, config: FeatureConfig) -> dict:
@@ -139,6 +134,10 @@ def test_convert_mcep_pads_to_a_multiple_of_4_and_trims_back(vc, speech):
     # the padding repeats the last frame: same as converting the explicitly padded input
     padded = np.concatenate([mcep, np.repeat(mcep[-1:], 3, axis=0)])
     np.testing.assert_allclose(out, vc.convert_mcep(padded, "A2B")[:101], atol=1e-5)
+
+
+def test_the_cli_offers_exactly_the_converters_energy_modes():
+    assert cli.ENERGY_CHOICES == ENERGY_MODES and cli.DEFAULT_ENERGY in ENERGY_MODES
 
 
 def test_energy_from_the_source_replaces_only_c0_with_the_mean_variance_mapped_input(model_path, vc, speech):

@@ -65,6 +65,7 @@ def test_evaluate_cli_writes_every_file_and_scores_every_system(tiny_run, eval_d
     assert "from the generator, as in the paper" in data["conventions"]["Conversion"]
     assert data["meta"]["energy"] == "generator" and data["meta"]["smooth"] == 0
     assert data["meta"]["references"] == {"A": 2, "B": 2}  # the run's training files, not the eval set
+    assert data["meta"]["model_step"] == 2  # the evaluated model: the run's final one, after its 2 iterations
     for direction, (src, tgt) in {"A2B": ("SF1", "TM3"), "B2A": ("TM3", "SF1")}.items():
         block = data["directions"][direction]
         assert (block["source"], block["target"]) == (src, tgt)

@@ -35,12 +35,7 @@ from cyclegan_vc.training import ROLES, Trainer, reference_train_step
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def crops(config, generator: torch.Generator, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,12 +21,7 @@ from cyclegan_vc.models import (
 EPS = 1e-5  # nn.InstanceNorm default
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shuffle_loop(x: np.ndarray, r: int) -> np.ndarray:

@@ -25,12 +25,7 @@ from cyclegan_vc.stats import SpeakerStats
 from cyclegan_vc.training import ROLES, CropSampler, Trainer, TrainingData, lr_factor, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

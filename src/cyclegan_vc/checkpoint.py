@@ -56,7 +56,9 @@ from .stats import SpeakerStats, denormalize, normalize
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "MODEL_BEST",
     "MODEL_KIND",
+    "MODEL_LATEST",
     "STATE_KIND",
     "CheckpointError",
     "ConversionModel",
@@ -70,6 +72,9 @@ __all__ = [
 
 FORMAT = "cyclegan_vc"
 FORMAT_VERSION = 1
+#: A run directory's exported models: the latest weights, and the best by validation score.
+MODEL_LATEST = "model_latest.safetensors"
+MODEL_BEST = "model_best.safetensors"
 STATE_KIND = "training_state"
 MODEL_KIND = "conversion_model"
 _TENSOR = "__tensor__"
@@ -338,10 +343,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> C
     """
     path = Path(path)
     if path.is_dir():
-        candidates = [path / "model_latest.safetensors", path / "model_best.safetensors"]
+        candidates = [path / MODEL_LATEST, path / MODEL_BEST]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise CheckpointError(path, "run directory holds no model_latest.safetensors or model_best.safetensors")
+            raise CheckpointError(path, f"run directory holds no {MODEL_LATEST} or {MODEL_BEST}")
         path = found
     payload = load_checkpoint(path, MODEL_KIND, device=device)
     require_keys(payload, MODEL_KEYS, path)

@@ -153,6 +153,8 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     return _print_evaluation(run)
 
 
+#: ``conversion.ENERGY_MODES``, spelled here so that ``--help`` does not import torch (a test keeps them equal).
+ENERGY_CHOICES = ("generator", "source")
 DEFAULT_ENERGY = "generator"
 
 
@@ -168,7 +170,7 @@ def _smooth_passes(text: str) -> int:
 
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
     """The options of the converted speech, shared by convert, evaluate, demo and recipe."""
-    p.add_argument("--energy", choices=["generator", "source"], default=DEFAULT_ENERGY,
+    p.add_argument("--energy", choices=ENERGY_CHOICES, default=DEFAULT_ENERGY,
                    help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
                    "mean-variance mapped (default: %(default)s)")
     p.add_argument("--smooth", type=_smooth_passes, default=0, metavar="PASSES",

@@ -239,8 +239,10 @@ class VoiceConverter:
         smooth: passes of :func:`smooth_frames` over the generator's output along time (0: none,
             the paper). A deviation: it removes the period-2 frame pattern that the generator's
             pixel shuffles leave (measured in the README, Results); a source c0 is not smoothed.
+        step: training iterations behind the weights, for reports (:meth:`load` sets it).
 
     Attributes:
+        step: as given (``None``: not known).
         timings: cumulative wall seconds per stage, ``{"analysis", "network", "synthesis"}``
             (``"network"`` includes the F0 transform and the (de-)normalisation); reset it with
             :meth:`reset_timings`.
@@ -257,6 +259,7 @@ class VoiceConverter:
         context_seconds: float = 1.0,
         energy: str = "generator",
         smooth: int = 0,
+        step: int | None = None,
     ):
         if chunk_seconds <= 0 or context_seconds < 0:
             raise ValueError("chunk_seconds must be > 0 and context_seconds >= 0")
@@ -273,6 +276,7 @@ class VoiceConverter:
         self.context_seconds = float(context_seconds)
         self.energy = energy
         self.smooth = int(smooth)
+        self.step = None if step is None else int(step)
         self.timings: dict[str, float] = {}
         self.reset_timings()
 
@@ -292,6 +296,7 @@ class VoiceConverter:
             features=model.features,
             speakers=model.speakers,
             device=device,
+            step=model.step,
             **kwargs,
         )
 

@@ -271,6 +271,7 @@ def evaluate(
     )
     results = EvaluationResults(meta={
         "model": str(model) if not isinstance(model, VoiceConverter) else "VoiceConverter",
+        "model_step": converter.step,
         "speakers": dict(converter.speakers),
         "source_eval": str(source_eval),
         "target_eval": str(target_eval),

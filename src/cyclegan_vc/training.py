@@ -60,6 +60,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from .audio import AudioError, load_audio, save_audio
 from .checkpoint import (
+    MODEL_BEST,
+    MODEL_LATEST,
     STATE_KIND,
     CheckpointError,
     copy_checkpoint,
@@ -94,8 +96,6 @@ log = logging.getLogger(__name__)
 ROLES = ("G_ab", "G_ba", "D_a", "D_b")
 DIRECTIONS = {"A2B": ("A", "B", "G_ab"), "B2A": ("B", "A", "G_ba")}
 STATE_LATEST = "state_latest.safetensors"
-MODEL_LATEST = "model_latest.safetensors"
-MODEL_BEST = "model_best.safetensors"
 
 
 def lr_factor(step: int, decay_start: int, total: int) -> float:
