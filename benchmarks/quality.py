@@ -75,6 +75,8 @@ def main() -> None:
                         help="the converted speech's c0: the generator's (the paper) or the source's, mean-variance mapped")
     parser.add_argument("--smooth", type=int, default=0,
                         help="passes of the [1, 2, 1]/4 filter along time over the generator's output (0: the paper)")
+    parser.add_argument("--mcep-dim", type=int, default=None,
+                        help="mel-cepstrum dimension of the features and the model's input (default 24, the paper's)")
     parser.add_argument("--eval-only", action="store_true",
                         help="never train: evaluate the runs already under --out with these conversion options, "
                         "into RUN/evaluation-<energy>[-smooth<N>]/ (unless such an evaluation exists)")
@@ -83,7 +85,7 @@ def main() -> None:
     print(hardware())
     budget = f"{args.iterations} iterations" if args.iterations else f"{args.minutes:g} minutes"
     print(f"preset {args.preset}, budget {budget} per pair, seed {args.seed}, overrides {args.set or 'none'}, "
-          f"energy {args.energy}, smooth {args.smooth}")
+          f"energy {args.energy}, smooth {args.smooth}" + (f", mcep_dim {args.mcep_dim}" if args.mcep_dim else ""))
     rows = []
     for pair in args.pairs:
         source, target = pair.split("-")
@@ -107,7 +109,7 @@ def main() -> None:
                 args.root, source, target, run, preset=args.preset,
                 minutes=None if args.iterations else args.minutes, iterations=args.iterations,
                 overrides=args.set, seed=args.seed, cache_dir=args.out / "cache", device="auto",
-                energy=args.energy, smooth=args.smooth, progress=False,
+                energy=args.energy, smooth=args.smooth, mcep_dim=args.mcep_dim, progress=False,
             )
             print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
             metrics = run / "evaluation" / "metrics.json"

@@ -140,13 +140,68 @@ def test_no_parallel_sentence_is_a_clear_error(tiny_run, eval_dirs, tmp_path):
 
 
 def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
-    """The offline demo from nothing: corpus, prepare, train, convert, evaluate (CLI)."""
+    """The offline demo from nothing: corpus, prepare, train (the real small preset, for a moment, on the
+    demo's own shorter schedule), convert, evaluate (CLI)."""
+    from cyclegan_vc.config import load_config
+
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--out", str(out), "--preset", "debug", "--iterations", "2",
+    code = cli.main(["demo", "--out", str(out), "--minutes", "0.02",
                      "--train-sentences", "3", "--eval-sentences", "2", "--device", "cpu"])
     assert code == 0
+    t = load_config(out / "run" / "config.yaml").training
+    assert (t.iterations, t.lr_decay_start, t.identity_steps) == (6250, 3125, 4375)
+    assert t.batch_size == 2 and t.generator_ema == 0.999  # the rest is the preset's
     printed = capsys.readouterr().out
     assert "A2B: slt -> rms" in printed and "B2A: rms -> slt" in printed
     assert f"report: {out / 'report' / 'report.html'}" in printed
     assert (out / "run" / "model_latest.safetensors").is_file()
     assert len(list((out / "report" / "converted" / "A2B").glob("*.wav"))) == 2
+
+
+RECIPE_TRAIN_IDS = (100082, 100086, 100140, 100158)
+
+
+@pytest.fixture(scope="module")
+def recipe_root(vcc_root, tmp_path_factory) -> Path:
+    """A VCC 2016-shaped root with four short training files and one evaluation sentence per speaker."""
+    root = tmp_path_factory.mktemp("vcc_small")
+    for spk in ("SF1", "TM3"):
+        for folder, numbers in (("vcc2016_training", RECIPE_TRAIN_IDS), ("evaluation_all", (200027,))):
+            (root / folder / spk).mkdir(parents=True)
+            for n in numbers:
+                shutil.copy(vcc_root / folder / spk / f"{n}.flac", root / folder / spk / f"{n}.flac")
+    return root
+
+
+def test_recipe_end_to_end_with_a_wider_mel_cepstrum(recipe_root, tmp_path, capsys):
+    """The recipe's paper split (first half of the source's files, second half of the target's), its
+    feature dimension carried into the model, and the evaluation of the held-out sentence both ways."""
+    from cyclegan_vc.conversion import VoiceConverter
+
+    run = tmp_path / "run"
+    code = cli.main(["recipe", "vcc2016", "--root", str(recipe_root), "--source", "SF1", "--target", "TM3",
+                     "--run", str(run), "--preset", "debug", "--iterations", "2", "--mcep-dim", "36",
+                     "--set", "training.validation_interval=0", "--device", "cpu"])
+    assert code == 0
+    assert "A2B: SF1 -> TM3" in capsys.readouterr().out
+    manifest = json.loads((run / "prepared" / "manifest.json").read_text())
+    assert manifest["features"]["mcep_dim"] == 36
+    assert [e["id"] for e in manifest["speakers"]["A"]["train"]] == ["100082", "100086"]
+    assert [e["id"] for e in manifest["speakers"]["B"]["train"]] == ["100140", "100158"]
+    converter = VoiceConverter.load(run, device="cpu")
+    assert converter.features.mcep_dim == 36
+    assert converter.generators["G_ab"].config["in_channels"] == 36
+    assert (run / "evaluation" / "converted" / "B2A" / "200027.wav").is_file()
+
+
+def test_recipe_names_the_missing_corpus_folder(tmp_path):
+    from cyclegan_vc.recipe import recipe
+
+    with pytest.raises(FileNotFoundError, match=r"vcc2016_training.SF1 not found"):
+        recipe(tmp_path, "SF1", "TF2", tmp_path / "run", preset="debug", iterations=1, progress=False)
+
+
+def test_mcep_dim_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["prepare", "--source", "a", "--target", "b", "--out", "c", "--mcep-dim", "0"])
+    assert "expected a whole number > 0, got '0'" in capsys.readouterr().err

@@ -33,6 +33,7 @@ def _cmd_make_demo_corpus(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .features import FeatureConfig
     from .prepare import format_summary, prepare
 
     manifest = prepare(
@@ -44,6 +45,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         paper_split=args.paper_split,
         f0=args.f0,
         jobs=args.jobs,
+        features=FeatureConfig(mcep_dim=args.mcep_dim),
     )
     print(format_summary(manifest))
     print(f"prepared data in {args.out}")
@@ -149,6 +151,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         device=args.device,
         energy=args.energy,
         smooth=args.smooth,
+        mcep_dim=args.mcep_dim,
     )
     return _print_evaluation(run)
 
@@ -166,6 +169,19 @@ def _smooth_passes(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number of passes >= 0, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+    return value
+
+
+MCEP_HELP = "mel-cepstrum (coded spectral envelope) dimension (default 24, the paper's)"
 
 
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
@@ -205,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-split", action="store_true", help="first half of source files, second half of target")
     p.add_argument("--f0", choices=["harvest", "dio"], default=None, help="F0 estimator (default harvest)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--mcep-dim", type=_positive_int, default=24, help=MCEP_HELP + "; train with "
+                   "--set model.generator_kwargs.in_channels=N --set model.discriminator_kwargs.in_height=N")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="train CycleGAN-VC on prepared data")
@@ -273,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")
     p.add_argument("--cache-dir", type=Path, default=None, help="shared feature cache (reused across pairs)")
+    p.add_argument("--mcep-dim", type=_positive_int, default=None, help=MCEP_HELP + "; the model's input is set to match")
     p.add_argument("--device", default="auto")
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_recipe)

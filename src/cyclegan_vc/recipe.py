@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .evaluation import EvaluationRun, evaluate
+from .features import FeatureConfig
 from .prepare import format_summary, prepare
 from .training import train
 
@@ -31,6 +32,7 @@ def recipe(
     seed: int | None = None,
     energy: str = "generator",
     smooth: int = 0,
+    mcep_dim: int | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
     """Run CycleGAN-VC's VCC 2016 protocol for one speaker pair.
@@ -54,6 +56,9 @@ def recipe(
                 f"{folder} not found: --root must hold vcc2016_training/ and evaluation_all/ "
                 "(`cyclegan-vc download vcc2016 --dest DIR` fetches them)"
             )
+    if mcep_dim is not None and mcep_dim <= 0:
+        raise ValueError(f"mcep_dim must be positive, got {mcep_dim}")
+    features = FeatureConfig() if mcep_dim is None else FeatureConfig(mcep_dim=mcep_dim)
     prepared = run / "prepared"
     manifest = prepare(
         training / source,
@@ -62,11 +67,15 @@ def recipe(
         source_eval=evaluation / source,
         target_eval=evaluation / target,
         paper_split=True,
+        features=features,
         cache_dir=cache_dir,
         progress=progress,
     )
     log.info("prepared data:\n%s", format_summary(manifest))
-    overrides = list(overrides)
+    dims = [] if mcep_dim is None else [
+        f"model.generator_kwargs.in_channels={mcep_dim}", f"model.discriminator_kwargs.in_height={mcep_dim}"
+    ]
+    overrides = dims + list(overrides)
     if seed is not None:
         overrides.append(f"training.seed={seed}")
     train(
