@@ -140,17 +140,11 @@ def test_no_parallel_sentence_is_a_clear_error(tiny_run, eval_dirs, tmp_path):
 
 
 def test_demo_end_to_end_on_a_tiny_budget(tmp_path, capsys):
-    """The offline demo from nothing: corpus, prepare, train (the real small preset, for a moment, on the
-    demo's own shorter schedule), convert, evaluate (CLI)."""
-    from cyclegan_vc.config import load_config
-
+    """The offline demo from nothing: corpus, prepare, train, convert, evaluate (CLI)."""
     out = tmp_path / "demo"
-    code = cli.main(["demo", "--out", str(out), "--minutes", "0.02",
+    code = cli.main(["demo", "--out", str(out), "--preset", "debug", "--iterations", "2",
                      "--train-sentences", "3", "--eval-sentences", "2", "--device", "cpu"])
     assert code == 0
-    t = load_config(out / "run" / "config.yaml").training
-    assert (t.iterations, t.lr_decay_start, t.identity_steps) == (6250, 3125, 4375)
-    assert t.batch_size == 2 and t.generator_ema == 0.999  # the rest is the preset's
     printed = capsys.readouterr().out
     assert "A2B: slt -> rms" in printed and "B2A: rms -> slt" in printed
     assert f"report: {out / 'report' / 'report.html'}" in printed

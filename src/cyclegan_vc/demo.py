@@ -19,13 +19,6 @@ log = logging.getLogger(__name__)
 
 VOICES = ("slt", "rms")
 
-#: The demo's schedule for the ``small`` preset: the preset's shape (constant, then linear decay from
-#: half-way; identity loss for the first 70 %) over 6,250 iterations instead of 10,000. The demo's 12
-#: minutes reach about 5,000 iterations on 2 CPU cores, which the preset's own schedule would spend
-#: entirely at the peak learning rate; here they end 80 % through it, where the 20-minute VCC 2016 runs
-#: end through theirs (README, Results). Given ``iterations`` or ``overrides`` win.
-DEMO_SCHEDULE = ("training.iterations=6250", "training.lr_decay_start=3125", "training.identity_steps=4375")
-
 
 def demo(
     out: str | os.PathLike = "demo-output",
@@ -65,8 +58,6 @@ def demo(
         progress=progress,
     )
     log.info("prepared data:\n%s", format_summary(manifest))
-    if preset == "small":
-        overrides = [*DEMO_SCHEDULE, *overrides]
     run = out / "run"
     if run.exists():  # the demo owns this folder: a new demo trains afresh
         shutil.rmtree(run)
