@@ -56,8 +56,6 @@ def recipe(
                 f"{folder} not found: --root must hold vcc2016_training/ and evaluation_all/ "
                 "(`cyclegan-vc download vcc2016 --dest DIR` fetches them)"
             )
-    if mcep_dim is not None and mcep_dim <= 0:
-        raise ValueError(f"mcep_dim must be positive, got {mcep_dim}")
     features = FeatureConfig() if mcep_dim is None else FeatureConfig(mcep_dim=mcep_dim)
     prepared = run / "prepared"
     manifest = prepare(
