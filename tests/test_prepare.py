@@ -1,4 +1,7 @@
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -114,3 +117,20 @@ def test_no_usable_training_audio_is_an_error(tmp_path):
         (tmp_path / spk / "x.wav").write_bytes(b"")
     with pytest.raises(ValueError, match="no usable training audio"):
         prepare(tmp_path / "a", tmp_path / "b", tmp_path / "out", jobs=1, progress=False)
+
+
+def test_dead_workers_are_one_clear_error_not_a_skip_per_file(corpus, tmp_path):
+    # the commonest way to kill them: a script calling prepare() at import time (spawned workers import it)
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from cyclegan_vc.prepare import prepare
+        prepare({str(corpus / "train" / "SF1")!r}, {str(corpus / "train" / "TM3")!r}, {str(tmp_path / "out")!r},
+                f0="dio", jobs=2, progress=False)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cyclegan_vc.utils.WorkersDied: prepare(): its worker processes ended abruptly")
+    assert "if __name__" in last and "jobs=1" in last
+    assert "skipped" not in proc.stderr  # no file is blamed for it
+    assert not (tmp_path / "out" / "manifest.json").exists()

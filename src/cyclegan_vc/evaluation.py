@@ -30,6 +30,7 @@ import os
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from .data.corpus import list_audio_files, match_parallel, utterance_id
 from .features import FeatureConfig, WorldFeatures, analyze, analyze_envelope, synthesize
 from .metrics import Evaluator, conventions, mean_variance_convert
 from .report import DirectionResults, EvaluationResults, ReportExample, format_table, write_report
-from .utils import read_json
+from .utils import WorkersDied, read_json
 
 __all__ = ["EvaluationRun", "evaluate", "training_references"]
 
@@ -312,6 +313,8 @@ def evaluate(
                         "source": waves[src], "converted": system_waves["cyclegan"],
                         "mean_variance": system_waves["mean_variance"], "target": waves[tgt],
                     }, rate))
+    except BrokenProcessPool as exc:
+        raise WorkersDied("evaluate()") from exc
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

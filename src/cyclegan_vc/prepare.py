@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .audio import AudioError, load_audio
 from .data.corpus import list_audio_files, paper_split as apply_paper_split, utterance_id
 from .features import FeatureConfig, analyze, encode_aperiodicity
 from .stats import SpeakerStats, StatsAccumulator
-from .utils import atomic_save_npz, atomic_write_json, read_json
+from .utils import WorkersDied, atomic_save_npz, atomic_write_json, read_json
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -169,6 +170,8 @@ def prepare(
                 key = futures[fut]
                 try:
                     results[key] = fut.result()
+                except BrokenProcessPool as exc:  # not this file's fault: every pending file would fail alike
+                    raise WorkersDied("prepare()") from exc
                 except Exception as exc:  # an analysis crash in one file must not end the run
                     results[key] = f"analysis failed: {exc}"
                 bar.update()

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and JSON I/O."""
+"""Small shared helpers: atomic file writes, JSON I/O, and the error of a broken worker pool."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_save_npz", "read_json"]
+__all__ = ["WorkersDied", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_save_npz", "read_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -49,3 +49,19 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+class WorkersDied(RuntimeError):
+    """The worker processes of a parallel stage ended abruptly, so no file can be blamed.
+
+    The two usual causes: the workers were killed (for memory, say), or a script called the stage at
+    import time: the workers are started with "spawn" and import the calling script again, so it must
+    call the stage under ``if __name__ == "__main__":``.
+    """
+
+    def __init__(self, stage: str):
+        super().__init__(
+            f"{stage}: its worker processes ended abruptly (killed, e.g. for memory, or started from a script "
+            f"that calls {stage} outside an `if __name__ == \"__main__\":` block, which spawned workers import "
+            f"again); files finished so far are kept; rerun with jobs=1 (--jobs 1) to see which file fails"
+        )
