@@ -175,7 +175,7 @@ def test_recipe_end_to_end_with_a_wider_mel_cepstrum(recipe_root, tmp_path, caps
     run = tmp_path / "run"
     code = cli.main(["recipe", "vcc2016", "--root", str(recipe_root), "--source", "SF1", "--target", "TM3",
                      "--run", str(run), "--preset", "debug", "--iterations", "2", "--mcep-dim", "36",
-                     "--set", "training.validation_interval=0", "--device", "cpu"])
+                     "--set", "training.validation_interval=0", "--device", "cpu", "--jobs", "1"])
     assert code == 0
     assert "A2B: SF1 -> TM3" in capsys.readouterr().out
     manifest = json.loads((run / "prepared" / "manifest.json").read_text())
@@ -193,6 +193,22 @@ def test_recipe_names_the_missing_corpus_folder(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"vcc2016_training.SF1 not found"):
         recipe(tmp_path, "SF1", "TF2", tmp_path / "run", preset="debug", iterations=1, progress=False)
+
+
+@pytest.mark.parametrize("command", [
+    ["prepare", "--source", "a", "--target", "b", "--out", "c"],
+    ["evaluate", "--model", "m", "--source-eval", "a", "--target-eval", "b", "--out", "c"],
+    ["demo"],
+    ["recipe", "vcc2016", "--root", "r", "--run", "c"],
+])
+def test_every_parallel_command_takes_jobs_and_refuses_zero(command, capsys):
+    """The stages with worker processes take --jobs (the way to find a file that kills a worker,
+    which WorkersDied's message names); 0 or a negative count is an error, not "all cores"."""
+    assert cli.build_parser().parse_args(command + ["--jobs", "1"]).jobs == 1
+    assert cli.build_parser().parse_args(command).jobs is None
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(command + ["--jobs", "0"])
+    assert "expected a whole number > 0, got '0'" in capsys.readouterr().err
 
 
 def test_mcep_dim_must_be_positive(capsys):

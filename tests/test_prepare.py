@@ -131,6 +131,6 @@ def test_dead_workers_are_one_clear_error_not_a_skip_per_file(corpus, tmp_path):
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("cyclegan_vc.utils.WorkersDied: prepare(): its worker processes ended abruptly")
-    assert "if __name__" in last and "jobs=1" in last
+    assert "if __name__" in last and "`--jobs 1` on the command line, jobs=1 in Python" in last
     assert "skipped" not in proc.stderr  # no file is blamed for it
     assert not (tmp_path / "out" / "manifest.json").exists()

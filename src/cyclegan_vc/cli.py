@@ -111,6 +111,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         n_examples=args.examples,
         energy=args.energy,
         smooth=args.smooth,
+        jobs=args.jobs,
     )
     return _print_evaluation(run)
 
@@ -128,6 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         energy=args.energy,
         smooth=args.smooth,
+        jobs=args.jobs,
     )
     return _print_evaluation(run)
 
@@ -152,6 +154,7 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         energy=args.energy,
         smooth=args.smooth,
         mcep_dim=args.mcep_dim,
+        jobs=args.jobs,
     )
     return _print_evaluation(run)
 
@@ -182,6 +185,13 @@ def _positive_int(text: str) -> int:
 
 
 MCEP_HELP = "mel-cepstrum (coded spectral envelope) dimension (default 24, the paper's)"
+
+
+def _add_jobs_option(p: argparse.ArgumentParser) -> None:
+    """``--jobs``: worker processes of the WORLD analyses and conversions (prepare, evaluate, demo, recipe)."""
+    p.add_argument("--jobs", type=_positive_int, default=None,
+                   help="worker processes for the WORLD analyses and conversions (default: all cores; 1: in this "
+                   "process, which names a file that crashes its worker)")
 
 
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
@@ -220,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-eval", type=Path, help="target speaker's held-out audio")
     p.add_argument("--paper-split", action="store_true", help="first half of source files, second half of target")
     p.add_argument("--f0", choices=["harvest", "dio"], default=None, help="F0 estimator (default harvest)")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    _add_jobs_option(p)
     p.add_argument("--mcep-dim", type=_positive_int, default=24, help=MCEP_HELP + "; train with "
                    "--set model.generator_kwargs.in_channels=N --set model.discriminator_kwargs.in_height=N")
     p.set_defaults(func=_cmd_prepare)
@@ -263,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="other recordings of speaker A for its speaker embedding (default: the run's training files)")
     p.add_argument("--target-refs", type=Path, default=None, help="the same for speaker B")
     p.add_argument("--examples", type=int, default=3, help="sentences per direction with plots and players")
+    _add_jobs_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -276,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-sentences", type=int, default=None,
                    help="held-out parallel sentences (default: all of the corpus's)")
     p.add_argument("--device", default="auto")
+    _add_jobs_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -293,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="shared feature cache (reused across pairs)")
     p.add_argument("--mcep-dim", type=_positive_int, default=None, help=MCEP_HELP + "; the model's input is set to match")
     p.add_argument("--device", default="auto")
+    _add_jobs_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_recipe)
     return parser

@@ -32,6 +32,7 @@ def demo(
     device: str = "auto",
     energy: str = "generator",
     smooth: int = 0,
+    jobs: int | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
     """Run the whole toolkit on the offline flite corpus (voice A = slt, voice B = rms).
@@ -42,7 +43,8 @@ def demo(
     demo left (the corpus, the feature cache); training starts afresh.
 
     ``energy``: the converted speech's c0, ``"generator"`` or ``"source"`` (see
-    :class:`~cyclegan_vc.conversion.VoiceConverter`).
+    :class:`~cyclegan_vc.conversion.VoiceConverter`). ``jobs``: worker processes of the WORLD analyses and
+    the conversions (default: all cores; 1: in this process).
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun` (its ``table()``, its ``report`` path).
     """
@@ -55,6 +57,7 @@ def demo(
         out / "prepared",
         source_eval=corpus / "evaluation" / a,
         target_eval=corpus / "evaluation" / b,
+        jobs=jobs,
         progress=progress,
     )
     log.info("prepared data:\n%s", format_summary(manifest))
@@ -73,5 +76,5 @@ def demo(
     )
     return evaluate(
         run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, energy=energy,
-        smooth=smooth, progress=progress,
+        smooth=smooth, jobs=jobs, progress=progress,
     )

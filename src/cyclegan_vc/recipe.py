@@ -33,6 +33,7 @@ def recipe(
     energy: str = "generator",
     smooth: int = 0,
     mcep_dim: int | None = None,
+    jobs: int | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
     """Run CycleGAN-VC's VCC 2016 protocol for one speaker pair.
@@ -44,7 +45,8 @@ def recipe(
     the training run itself, and ``evaluation/`` (metrics.json, summary.md, report.html).
 
     ``energy`` is the converted speech's c0 in the evaluation (``"generator"``, the paper's, or
-    ``"source"``; see :class:`~cyclegan_vc.conversion.VoiceConverter`).
+    ``"source"``; see :class:`~cyclegan_vc.conversion.VoiceConverter`). ``jobs``: worker processes of
+    the WORLD analyses (prepare) and the conversions (evaluate); default all cores, 1 in this process.
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun`.
     """
@@ -67,6 +69,7 @@ def recipe(
         paper_split=True,
         features=features,
         cache_dir=cache_dir,
+        jobs=jobs,
         progress=progress,
     )
     log.info("prepared data:\n%s", format_summary(manifest))
@@ -88,5 +91,5 @@ def recipe(
     )
     return evaluate(
         run, evaluation / source, evaluation / target, run / "evaluation", device=device, energy=energy,
-        smooth=smooth, progress=progress,
+        smooth=smooth, jobs=jobs, progress=progress,
     )
