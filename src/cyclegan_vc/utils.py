@@ -63,5 +63,6 @@ class WorkersDied(RuntimeError):
         super().__init__(
             f"{stage}: its worker processes ended abruptly (killed, e.g. for memory, or started from a script "
             f"that calls {stage} outside an `if __name__ == \"__main__\":` block, which spawned workers import "
-            f"again); files finished so far are kept; rerun with one worker (`--jobs 1` on the command line, jobs=1 in Python) to see which file fails"
+            f"again); files finished so far are kept; rerun with one worker (`--jobs 1` on the command line, "
+            f"jobs=1 in Python) to see which file fails"
         )
