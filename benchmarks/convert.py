@@ -18,8 +18,10 @@ exported to a temporary folder: the speed of WORLD and of the network does not d
 weights, so the timings hold for trained models of those sizes (the output is noise, of course).
 Speaker statistics are computed from three SF1 / TM3 utterances.
 
-The issue's targets (one core, 4 s utterance, model loaded): RTF <= 0.15 with harvest, <= 0.05
-with dio; model load < 2 s.
+Each F0 estimator runs with the full search range (the model's f0_floor-f0_ceil, the default) and
+with ``f0_range="speaker"`` (the source speaker's exp(mean -/+ 3 std) of log-F0 from its statistics;
+``cyclegan-vc convert --f0-range speaker``). The issue's targets (one core, 4 s utterance, model
+loaded): RTF <= 0.15 with harvest, <= 0.05 with dio; model load < 2 s.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from cyclegan_vc.config import load_config  # noqa: E402
 from cyclegan_vc.conversion import VoiceConverter  # noqa: E402
 from cyclegan_vc.features import FeatureConfig, analyze, decode_envelope, encode_envelope  # noqa: E402
 from cyclegan_vc.models import build_generator, count_parameters  # noqa: E402
-from cyclegan_vc.stats import compute_stats  # noqa: E402
+from cyclegan_vc.stats import compute_stats, f0_search_range  # noqa: E402
 
 STAGES = ("analysis", "network", "synthesis")
 
@@ -96,14 +98,24 @@ def time_conversion(vc: VoiceConverter, wave: np.ndarray, method: str, repeats: 
     return best
 
 
-def world_breakdown(wave: np.ndarray, features: FeatureConfig, repeats: int) -> list[tuple[str, float]]:
+def speaker_range(vc: VoiceConverter) -> tuple[float, float]:
+    """The A speaker's F0 search range under ``f0_range="speaker"``."""
+    return f0_search_range(vc.stats["A"], vc.features.f0_floor, vc.features.f0_ceil)
+
+
+def world_breakdown(
+    wave: np.ndarray, features: FeatureConfig, repeats: int, lo_hi: tuple[float, float] | None = None
+) -> list[tuple[str, float]]:
     """Best-of seconds of each WORLD call of analysis and synthesis (the same calls and arguments
-    as :func:`cyclegan_vc.features.analyze` / ``synthesize``)."""
+    as :func:`cyclegan_vc.features.analyze` / ``synthesize``); ``lo_hi``: also harvest in that range."""
     fs, x = features.sample_rate, np.ascontiguousarray(wave)
     kw = dict(f0_floor=features.f0_floor, f0_ceil=features.f0_ceil, frame_period=features.frame_period)
     rows = []
     t, (f0_h, times) = best_of(repeats, lambda: pyworld.harvest(x, fs, **kw))
     rows.append(("harvest", t))
+    if lo_hi is not None:
+        narrow = dict(kw, f0_floor=lo_hi[0], f0_ceil=lo_hi[1])
+        rows.append(("harvest, speaker range", best_of(repeats, lambda: pyworld.harvest(x, fs, **narrow))[0]))
     t, (f0_d, times_d) = best_of(repeats, lambda: pyworld.dio(x, fs, **kw))
     rows.append(("dio", t))
     t, _ = best_of(repeats, lambda: pyworld.stonemask(x, f0_d, times_d, fs))
@@ -155,10 +167,9 @@ def main() -> None:
         if args.model is not None:
             models["given"] = args.model
         else:
-            dio = FeatureConfig(f0_method="dio")
             stats = {}
             for role, speaker in (("A", "SF1"), ("B", "TM3")):
-                feats = [analyze(load_audio(train / speaker / f"10000{i}.flac")[0], dio) for i in (1, 2, 3)]
+                feats = [analyze(load_audio(train / speaker / f"10000{i}.flac")[0], features) for i in (1, 2, 3)]
                 stats[role] = compute_stats((f.f0, f.mcep) for f in feats)
             for preset in ("small", "paper"):
                 models[preset] = export_random_model(Path(tmp) / f"{preset}.safetensors", preset, stats, features)
@@ -181,22 +192,31 @@ def main() -> None:
         vc = converters[name]
         note = "" if args.model is not None else " (random weights: timing only)"
         print(f"\nconversion with the {name} model{note}, {args.threads} torch thread(s), real-time factor")
-        print(f"  {'f0':<8}{'input':>7}{'total':>8}{'analysis':>10}{'network':>9}{'synthesis':>11}{'other':>7}{'cpu':>7}")
+        print(f"  SF1's F0 search range with f0_range=speaker: {'-'.join(f'{v:.0f}' for v in speaker_range(vc))} Hz "
+              f"(full: {features.f0_floor:.0f}-{features.f0_ceil:.0f})")
+        print(f"  {'f0':<8}{'range':<9}{'input':>7}{'total':>8}{'analysis':>10}{'network':>9}{'synthesis':>11}{'other':>7}{'cpu':>7}")
         vc.convert(short[: features.sample_rate], features.sample_rate)  # warm-up (first-call allocations)
         results = {}
         for method in ("harvest", "dio"):
-            for label, (wave, repeats) in inputs.items():
-                seconds = len(wave) / features.sample_rate
-                t = results[method, label] = {k: v / seconds for k, v in time_conversion(vc, wave, method, repeats).items()}
-                print(
-                    f"  {method:<8}{label:>7}{t['total']:8.3f}{t['analysis']:10.3f}"
-                    f"{t['network']:9.3f}{t['synthesis']:11.3f}{t['other']:7.3f}{t['cpu']:7.3f}"
-                )
+            for f0_range in ("full", "speaker"):
+                vc.f0_range = f0_range
+                for label, (wave, repeats) in inputs.items():
+                    seconds = len(wave) / features.sample_rate
+                    t = results[method, f0_range, label] = {
+                        k: v / seconds for k, v in time_conversion(vc, wave, method, repeats).items()
+                    }
+                    print(
+                        f"  {method:<8}{f0_range:<9}{label:>7}{t['total']:8.3f}{t['analysis']:10.3f}"
+                        f"{t['network']:9.3f}{t['synthesis']:11.3f}{t['other']:7.3f}{t['cpu']:7.3f}"
+                    )
+        vc.f0_range = "full"
         short_label = next(iter(inputs))
         for method, goal in (("harvest", 0.15), ("dio", 0.05)):
-            t = results[method, short_label]
-            verdict = "met" if t["total"] <= goal else "NOT met"
-            print(f"  target {method} <= {goal} on the {short_label} utterance: {t['total']:.3f} wall, {t['cpu']:.3f} CPU: {verdict}")
+            for f0_range in ("full", "speaker"):
+                t = results[method, f0_range, short_label]
+                verdict = "met" if t["total"] <= goal else "NOT met"
+                print(f"  target {method} <= {goal} on the {short_label} utterance, {f0_range} range: "
+                      f"{t['total']:.3f} wall, {t['cpu']:.3f} CPU: {verdict}")
         if "paper" in converters:
             seconds = len(short) / features.sample_rate
             print("  network alone, 4 s utterance: " + ", ".join(
@@ -205,7 +225,7 @@ def main() -> None:
 
         seconds = len(short) / features.sample_rate
         print(f"\nWORLD calls on the {seconds:.1f} s utterance (pyworld, one core), real-time factor")
-        for label, t in world_breakdown(short, features, args.repeats):
+        for label, t in world_breakdown(short, features, args.repeats, speaker_range(vc)):
             print(f"  {label:<26}{t / seconds:7.3f}")
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 

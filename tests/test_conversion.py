@@ -24,6 +24,7 @@ from cyclegan_vc.checkpoint import export_model
 from cyclegan_vc.config import load_config
 from cyclegan_vc.conversion import (
     ENERGY_MODES,
+    F0_RANGES,
     ConversionReport,
     VoiceConverter,
     convert,
@@ -34,7 +35,7 @@ from cyclegan_vc.conversion import (
 )
 from cyclegan_vc.features import FeatureConfig, analyze
 from cyclegan_vc.models import build_generator
-from cyclegan_vc.stats import compute_stats, denormalize, normalize
+from cyclegan_vc.stats import compute_stats, denormalize, f0_search_range, normalize
 
 RATE = 16000
 
@@ -136,8 +137,31 @@ def test_convert_mcep_pads_to_a_multiple_of_4_and_trims_back(vc, speech):
     np.testing.assert_allclose(out, vc.convert_mcep(padded, "A2B")[:101], atol=1e-5)
 
 
-def test_the_cli_offers_exactly_the_converters_energy_modes():
+def test_the_cli_offers_exactly_the_converters_energy_modes_and_f0_ranges():
     assert cli.ENERGY_CHOICES == ENERGY_MODES and cli.DEFAULT_ENERGY in ENERGY_MODES
+    assert cli.F0_RANGE_CHOICES == F0_RANGES
+
+
+def test_speaker_f0_range_searches_the_source_speakers_range_in_each_direction(model_path, vc, speech, monkeypatch):
+    import cyclegan_vc.conversion as conversion
+
+    speaker = VoiceConverter.load(model_path, device="cpu", f0_range="speaker")
+    floor, ceil = vc.features.f0_floor, vc.features.f0_ceil
+    assert vc.f0_search_range("A2B") == (floor, ceil)
+    for direction, role in (("A2B", "A"), ("B2A", "B")):
+        assert speaker.f0_search_range(direction) == f0_search_range(speaker.stats[role], floor, ceil)
+    a2b, b2a = speaker.f0_search_range("A2B"), speaker.f0_search_range("B2A")
+    assert floor <= b2a[0] < a2b[0] and b2a[1] < a2b[1] <= ceil  # TM3 (male) below SF1 (female)
+    seen = []
+    real = conversion.analyze
+    monkeypatch.setattr(conversion, "analyze", lambda *a, **k: seen.append(k.get("f0_range")) or real(*a, **k))
+    out, rate = speaker.convert(speech, RATE, "A2B")
+    full, _ = vc.convert(speech, RATE, "A2B")
+    assert seen == [a2b, None] and rate == RATE and len(out) == len(full) == len(speech)
+    assert abs(_voiced_median_f0(out) - _voiced_median_f0(full)) < 0.05 * _voiced_median_f0(full)
+    with pytest.raises(ValueError, match="f0_range"):
+        load_converter(model_path, "cpu", f0_range="narrow")
+    assert load_converter(speaker, f0_range="full").f0_range == "full"
 
 
 def test_energy_from_the_source_replaces_only_c0_with_the_mean_variance_mapped_input(model_path, vc, speech):

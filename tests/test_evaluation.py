@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from cyclegan_vc import cli
+from cyclegan_vc.conversion import VoiceConverter
 from cyclegan_vc.evaluation import evaluate, training_references
 from cyclegan_vc.report import SYSTEMS
 from cyclegan_vc.training import train
@@ -107,7 +108,9 @@ def test_each_recording_is_analysed_once_with_the_same_numbers(tiny_run, eval_di
 
     calls = []
     real = features.estimate_f0
-    monkeypatch.setattr(features, "estimate_f0", lambda wave, config: calls.append(len(wave)) or real(wave, config))
+    monkeypatch.setattr(
+        features, "estimate_f0", lambda wave, config, f0_range=None: calls.append(len(wave)) or real(wave, config, f0_range)
+    )
     run = evaluate(tiny_run, *eval_dirs, tmp_path / "out", device="cpu", n_examples=0, speaker_similarity=False,
                    naturalness=False, progress=False, jobs=1)
     assert len(calls) == 8 * len(EVAL_IDS)
@@ -118,6 +121,35 @@ def test_each_recording_is_analysed_once_with_the_same_numbers(tiny_run, eval_di
         for result in run.results.directions[direction].systems["no_conversion"]:
             a, b = (load_audio(eval_dirs[i] / f"{result.id}.flac", sample_rate=16000)[0] for i in (src, tgt))
             assert result.mcd_db == fresh.evaluate_utterance(result.id, a, b, 16000).mcd_db
+
+
+def test_speaker_f0_range_analyses_only_the_converted_inputs_in_the_source_speakers_range(
+    tiny_run, eval_dirs, tmp_path, monkeypatch
+):
+    """With f0_range="speaker": per sentence two more F0 estimations, one per direction, each in its source
+    speaker's range; the references (and so the no-conversion baseline) stay in the full range."""
+    import cyclegan_vc.features as features
+
+    calls = []
+    real = features.estimate_f0
+    monkeypatch.setattr(
+        features, "estimate_f0", lambda wave, config, f0_range=None: calls.append(f0_range) or real(wave, config, f0_range)
+    )
+    run = evaluate(tiny_run, *eval_dirs, tmp_path / "speaker", device="cpu", n_examples=0, speaker_similarity=False,
+                   naturalness=False, progress=False, jobs=1, f0_range="speaker")
+    monkeypatch.setattr(features, "estimate_f0", real)
+    converter = VoiceConverter.load(tiny_run, device="cpu", f0_range="speaker")
+    ranges = {converter.f0_search_range("A2B"), converter.f0_search_range("B2A")}
+    assert len(ranges) == 2 and all(r != (converter.features.f0_floor, converter.features.f0_ceil) for r in ranges)
+    assert len(calls) == 10 * len(EVAL_IDS)
+    assert [c for c in calls if c is not None] == [converter.f0_search_range(d) for d in ("A2B", "B2A")] * len(EVAL_IDS)
+    assert run.results.meta["f0_range"] == "speaker"
+    full = evaluate(tiny_run, *eval_dirs, tmp_path / "full", device="cpu", n_examples=0, speaker_similarity=False,
+                    naturalness=False, progress=False, jobs=1)
+    for direction in ("A2B", "B2A"):
+        same = [(a.mcd_db, b.mcd_db) for a, b in zip(run.results.directions[direction].systems["no_conversion"],
+                                                     full.results.directions[direction].systems["no_conversion"])]
+        assert all(a == b for a, b in same)
 
 
 def test_a_bad_evaluation_file_is_reported_and_its_sentence_skipped(tiny_run, eval_dirs, tmp_path):

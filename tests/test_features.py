@@ -12,6 +12,7 @@ from cyclegan_vc.features import (
     decode_envelope,
     encode_aperiodicity,
     encode_envelope,
+    estimate_f0,
     synthesize,
 )
 
@@ -55,6 +56,23 @@ def test_f0_of_a_synthetic_harmonic_tone():
         mid = feats.f0[40:-40]
         assert np.all(mid > 0)
         assert np.median(np.abs(1200 * np.log2(mid / f0))) < 10  # cents
+
+
+def test_a_given_f0_range_bounds_the_search_and_keeps_the_envelope_settings():
+    rate = 16000
+    t = np.arange(rate) / rate
+    tone = lambda f0: sum(np.sin(2 * np.pi * f0 * k * t) / k for k in range(1, 8)) * 0.2  # noqa: E731
+    for method in ("harvest", "dio"):
+        config = FeatureConfig(f0_method=method)
+        inside = estimate_f0(tone(220.0), config, f0_range=(150.0, 330.0))[0][40:-40]
+        assert np.all(inside > 0) and np.median(np.abs(1200 * np.log2(inside / 220.0))) < 10
+        outside = estimate_f0(tone(500.0), config, f0_range=(150.0, 330.0))[0][40:-40]
+        assert not np.any(np.abs(1200 * np.log2(outside[outside > 0] / 500.0)) < 50)  # not found outside it
+        full = analyze(tone(220.0), config)
+        narrow = analyze(tone(220.0), config, f0_range=(150.0, 330.0))
+        assert narrow.mcep.shape == full.mcep.shape and narrow.ap.shape == full.ap.shape  # CheapTrick's floor kept
+    with pytest.raises(ValueError, match="floor"):
+        estimate_f0(tone(220.0), FeatureConfig(), f0_range=(300.0, 100.0))
 
 
 def test_envelope_and_aperiodicity_coding_round_trip(vcc_file):

@@ -7,6 +7,7 @@ from cyclegan_vc.stats import (
     compute_stats,
     convert_f0,
     denormalize,
+    f0_search_range,
     normalize,
 )
 
@@ -74,3 +75,22 @@ def test_f0_transform_maps_source_distribution_onto_target():
     out = np.log(convert_f0(src_f0, src, tgt))
     assert out.mean() == pytest.approx(tgt.logf0_mean, abs=1e-9)
     assert out.std() == pytest.approx(tgt.logf0_std, rel=1e-6)
+
+
+def test_f0_search_range_is_three_log_f0_deviations_each_side_within_the_limits():
+    stats = SpeakerStats(np.zeros(2), np.ones(2), logf0_mean=float(np.log(200.0)), logf0_std=0.2, n_voiced=100)
+    lo, hi = f0_search_range(stats, 71.0, 800.0)
+    assert lo == pytest.approx(200 * np.exp(-0.6)) and hi == pytest.approx(200 * np.exp(0.6))
+    assert f0_search_range(stats, 71.0, 800.0, width=4.0) == pytest.approx((200 * np.exp(-0.8), 200 * np.exp(0.8)))
+    assert f0_search_range(stats, 150.0, 300.0) == (150.0, 300.0)  # clipped to the limits
+    low = SpeakerStats(np.zeros(2), np.ones(2), logf0_mean=float(np.log(90.0)), logf0_std=0.2, n_voiced=100)
+    assert f0_search_range(low, 71.0, 800.0) == pytest.approx((71.0, 90 * np.exp(0.6)))
+    # no spread, no voiced frames, or a range that would be too narrow: the full range
+    flat = SpeakerStats(np.zeros(2), np.ones(2), logf0_mean=float(np.log(200.0)), logf0_std=STD_FLOOR, n_voiced=100)
+    assert f0_search_range(flat, 71.0, 800.0) == (71.0, 800.0)
+    assert f0_search_range(SpeakerStats(np.zeros(2), np.ones(2), 0.0, 1.0, n_voiced=0), 71.0, 800.0) == (71.0, 800.0)
+    assert f0_search_range(low, 71.0, 800.0, width=0.1) == (71.0, 800.0)
+    with pytest.raises(ValueError):
+        f0_search_range(stats, 800.0, 71.0)
+    with pytest.raises(ValueError):
+        f0_search_range(stats, 71.0, 800.0, width=0.0)

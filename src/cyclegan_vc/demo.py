@@ -32,6 +32,7 @@ def demo(
     device: str = "auto",
     energy: str = "generator",
     smooth: int = 0,
+    f0_range: str = "full",
     jobs: int | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
@@ -43,7 +44,8 @@ def demo(
     demo left (the corpus, the feature cache); training starts afresh.
 
     ``energy``: the converted speech's c0, ``"generator"`` or ``"source"`` (see
-    :class:`~cyclegan_vc.conversion.VoiceConverter`). ``jobs``: worker processes of the WORLD analyses and
+    :class:`~cyclegan_vc.conversion.VoiceConverter`); ``smooth``, ``f0_range``: the other conversion options
+    (same place). ``jobs``: worker processes of the WORLD analyses and
     the conversions (default: all cores; 1: in this process).
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun` (its ``table()``, its ``report`` path).
@@ -76,5 +78,5 @@ def demo(
     )
     return evaluate(
         run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, energy=energy,
-        smooth=smooth, jobs=jobs, progress=progress,
+        smooth=smooth, f0_range=f0_range, jobs=jobs, progress=progress,
     )

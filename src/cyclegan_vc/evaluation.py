@@ -133,19 +133,27 @@ def _sentence(converter: VoiceConverter, evaluator: Evaluator, waves: dict[str, 
 
     Each recording's F0 and envelope are estimated once: they serve as the source of one direction,
     the resynthesis baseline of the other, and the metrics' reference (the same numbers as analysing
-    it three times)."""
+    it three times). With ``converter.f0_range == "speaker"`` the two systems that convert the input
+    (``cyclegan``, ``mean_variance``) analyse it as the converter does, in the source speaker's F0
+    range; the references and the resynthesis baseline keep the full range."""
     config = converter.features
     rate = config.sample_rate
     envelopes = {role: analyze_envelope(wave, config) for role, wave in waves.items()}
     feats = {role: analyze(wave, config, envelope=envelopes[role]) for role, wave in waves.items()}
+    inputs = feats
+    if converter.f0_range != "full":
+        inputs = {
+            src: analyze(waves[src], config, f0_range=converter.f0_search_range(direction))
+            for direction, (src, _) in DIRECTIONS.items()
+        }
     resynth = {role: _synthesize(feats[role], config, len(wave)) for role, wave in waves.items()}
     systems: dict[str, dict[str, np.ndarray]] = {}
     analysed = [(wave, evaluator.analysis(wave, rate, envelopes[role])) for role, wave in waves.items()]
     for direction, (src, tgt) in DIRECTIONS.items():
         source = waves[src]
-        converted = _synthesize(converter.convert_features(feats[src], direction), config, len(source))
-        mcep, f0 = mean_variance_convert(feats[src].mcep, feats[src].f0, converter.stats[src], converter.stats[tgt])
-        linear = _synthesize(WorldFeatures(f0=f0, mcep=mcep, ap=feats[src].ap), config, len(source))
+        converted = _synthesize(converter.convert_features(inputs[src], direction), config, len(source))
+        mcep, f0 = mean_variance_convert(inputs[src].mcep, inputs[src].f0, converter.stats[src], converter.stats[tgt])
+        linear = _synthesize(WorldFeatures(f0=f0, mcep=mcep, ap=inputs[src].ap), config, len(source))
         systems[direction] = {
             "cyclegan": converted, "no_conversion": source, "mean_variance": linear, "world_resynthesis": resynth[tgt],
         }
@@ -157,11 +165,12 @@ _WORKER: dict = {}
 
 
 def _init_worker(
-    model: str, speaker_similarity: bool, naturalness: bool, energy: str = "generator", smooth: int = 0
+    model: str, speaker_similarity: bool, naturalness: bool, energy: str = "generator", smooth: int = 0,
+    f0_range: str = "full",
 ) -> None:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    converter = VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth)
+    converter = VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth, f0_range=f0_range)
     _WORKER["converter"] = converter
     _WORKER["evaluator"] = Evaluator(converter.features, speaker_similarity=speaker_similarity, naturalness=naturalness)
 
@@ -178,6 +187,8 @@ def _conventions(converter: VoiceConverter) -> dict[str, str]:
            "c0 (frame energy) from the source, mean-variance mapped (energy=source), c1 and up from the generator.")
         + (f" Generator output smoothed along time by {converter.smooth} pass(es) of [1, 2, 1]/4 (smooth={converter.smooth})."
            if converter.smooth else "")
+        + (" F0 of the converted input searched in the source speaker's range, exp(mean -/+ 3 std) of its "
+           "log-F0 (f0_range=speaker); references in the full range." if converter.f0_range == "speaker" else "")
     )
     return out
 
@@ -199,6 +210,7 @@ def evaluate(
     jobs: int | None = None,
     energy: str | None = None,
     smooth: int | None = None,
+    f0_range: str | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
     """Convert every parallel evaluation sentence both ways and score it beside the baselines.
@@ -223,13 +235,15 @@ def evaluate(
             else ``"generator"``.
         smooth: passes of :func:`~cyclegan_vc.conversion.smooth_frames` over the generator's output;
             ``None``: a given converter's setting, else 0 (none, the paper).
+        f0_range: the F0 search range of the converted input, ``"full"`` or ``"speaker"`` (see
+            :class:`~cyclegan_vc.conversion.VoiceConverter`); ``None``: a given converter's, else ``"full"``.
         progress: show progress bars.
 
     Raises:
         ValueError: no sentence is present for both speakers (the message names both folders).
     """
     start = time.perf_counter()
-    converter = load_converter(model, device, energy, smooth)
+    converter = load_converter(model, device, energy, smooth, f0_range)
     rate = converter.sample_rate
     out = Path(out)
     source_eval, target_eval = Path(source_eval), Path(target_eval)
@@ -281,6 +295,7 @@ def evaluate(
         "references": {role: len(refs[role]) for role in refs},
         "energy": converter.energy,
         "smooth": converter.smooth,
+        "f0_range": converter.f0_range,
     })
     examples: list[ReportExample] = []
     use_pool = jobs != 1 and len(sentences) > 1 and not isinstance(model, VoiceConverter)
@@ -289,7 +304,7 @@ def evaluate(
         workers = min(jobs or os.cpu_count() or 1, len(sentences))
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_worker,
-            initargs=(str(model), speaker_similarity, naturalness, converter.energy, converter.smooth),
+            initargs=(str(model), speaker_similarity, naturalness, converter.energy, converter.smooth, converter.f0_range),
         )
     try:
         if pool is not None:

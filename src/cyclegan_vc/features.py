@@ -88,10 +88,19 @@ class WorldFeatures:
         return self.f0 > 0
 
 
-def estimate_f0(wave: np.ndarray, config: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
-    """F0 contour and its time axis (seconds) by harvest or dio + stonemask."""
+def estimate_f0(
+    wave: np.ndarray, config: FeatureConfig, f0_range: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """F0 contour and its time axis (seconds) by harvest or dio + stonemask.
+
+    ``f0_range``: ``(floor, ceil)`` Hz searched instead of ``config.f0_floor`` / ``f0_ceil`` (e.g. a
+    speaker's own range, :func:`cyclegan_vc.stats.f0_search_range`); CheapTrick keeps the config's floor.
+    """
     x = np.ascontiguousarray(wave, dtype=np.float64)
-    kwargs = dict(f0_floor=config.f0_floor, f0_ceil=config.f0_ceil, frame_period=config.frame_period)
+    floor, ceil = (config.f0_floor, config.f0_ceil) if f0_range is None else map(float, f0_range)
+    if not 0 < floor < ceil:
+        raise ValueError(f"need 0 < F0 floor < F0 ceiling, got {floor!r}, {ceil!r}")
+    kwargs = dict(f0_floor=floor, f0_ceil=ceil, frame_period=config.frame_period)
     if config.f0_method == "harvest":
         f0, t = pyworld.harvest(x, config.sample_rate, **kwargs)
     else:
@@ -125,7 +134,10 @@ def decode_aperiodicity(coded: np.ndarray, config: FeatureConfig) -> np.ndarray:
 
 
 def analyze(
-    wave: np.ndarray, config: FeatureConfig = FeatureConfig(), envelope: "SpectralEnvelope | None" = None
+    wave: np.ndarray,
+    config: FeatureConfig = FeatureConfig(),
+    envelope: "SpectralEnvelope | None" = None,
+    f0_range: tuple[float, float] | None = None,
 ) -> WorldFeatures:
     """WORLD analysis of a mono waveform at ``config.sample_rate``.
 
@@ -133,10 +145,11 @@ def analyze(
     mel-cepstral coefficients, and D4C aperiodicity, one row per ``frame_period`` ms.
     ``envelope``: :func:`analyze_envelope` of this same waveform and config, whose F0 and envelope are
     then reused (the result is identical; only D4C and the coding are computed).
+    ``f0_range``: the F0 search range instead of the config's (see :func:`estimate_f0`).
     """
     x = np.ascontiguousarray(wave, dtype=np.float64)
     if envelope is None:
-        envelope = analyze_envelope(x, config)
+        envelope = analyze_envelope(x, config, f0_range)
     f0, sp, t = envelope.f0, envelope.sp, envelope.t
     ap = pyworld.d4c(x, f0, t, config.sample_rate, fft_size=config.fft_size)
     return WorldFeatures(f0=f0, mcep=encode_envelope(sp, config), ap=ap)
@@ -157,11 +170,13 @@ class SpectralEnvelope:
     t: np.ndarray
 
 
-def analyze_envelope(wave: np.ndarray, config: FeatureConfig = FeatureConfig()) -> SpectralEnvelope:
+def analyze_envelope(
+    wave: np.ndarray, config: FeatureConfig = FeatureConfig(), f0_range: tuple[float, float] | None = None
+) -> SpectralEnvelope:
     """F0 and CheapTrick envelope of a mono waveform at ``config.sample_rate``, without coding it
     to ``mcep_dim`` coefficients and without aperiodicity (the same F0 and envelope as :func:`analyze`)."""
     x = np.ascontiguousarray(wave, dtype=np.float64)
-    f0, t = estimate_f0(x, config)
+    f0, t = estimate_f0(x, config, f0_range)
     sp = pyworld.cheaptrick(x, f0, t, config.sample_rate, f0_floor=config.f0_floor, fft_size=config.fft_size)
     return SpectralEnvelope(f0=f0, sp=sp, t=t)
 

@@ -32,6 +32,7 @@ def recipe(
     seed: int | None = None,
     energy: str = "generator",
     smooth: int = 0,
+    f0_range: str = "full",
     mcep_dim: int | None = None,
     jobs: int | None = None,
     progress: bool = True,
@@ -45,7 +46,8 @@ def recipe(
     the training run itself, and ``evaluation/`` (metrics.json, summary.md, report.html).
 
     ``energy`` is the converted speech's c0 in the evaluation (``"generator"``, the paper's, or
-    ``"source"``; see :class:`~cyclegan_vc.conversion.VoiceConverter`). ``jobs``: worker processes of
+    ``"source"``; see :class:`~cyclegan_vc.conversion.VoiceConverter`), ``smooth`` and ``f0_range`` its
+    other conversion options (same place). ``jobs``: worker processes of
     the WORLD analyses (prepare) and the conversions (evaluate); default all cores, 1 in this process.
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun`.
@@ -91,5 +93,5 @@ def recipe(
     )
     return evaluate(
         run, evaluation / source, evaluation / target, run / "evaluation", device=device, energy=energy,
-        smooth=smooth, jobs=jobs, progress=progress,
+        smooth=smooth, f0_range=f0_range, jobs=jobs, progress=progress,
     )

@@ -13,16 +13,19 @@ from typing import Iterable
 import numpy as np
 
 __all__ = [
+    "F0_RANGE_WIDTH",
     "STD_FLOOR",
     "SpeakerStats",
     "StatsAccumulator",
     "compute_stats",
     "convert_f0",
     "denormalize",
+    "f0_search_range",
     "normalize",
 ]
 
 STD_FLOOR = 1e-8
+F0_RANGE_WIDTH = 3.0  # standard deviations of log-F0 on each side of the mean, for f0_search_range
 
 
 @dataclass
@@ -132,3 +135,26 @@ def convert_f0(f0: np.ndarray, source: SpeakerStats, target: SpeakerStats) -> np
         (np.log(f0[voiced]) - source.logf0_mean) / source.logf0_std * target.logf0_std + target.logf0_mean
     )
     return out
+
+
+def f0_search_range(
+    stats: SpeakerStats, floor: float, ceil: float, width: float = F0_RANGE_WIDTH
+) -> tuple[float, float]:
+    """The speaker's F0 search range ``exp(mu -/+ width * sigma)`` (log-F0 statistics), within ``[floor, ceil]``.
+
+    For an F0 estimator that searches only where this speaker's voice is: harvest's cost grows with
+    the octaves it searches, and a range fitted to the speaker also rules out octave errors outside
+    it. Returns ``(floor, ceil)`` unchanged when the statistics have no spread (no voiced frames) or
+    the range would not leave a ratio of at least 1.5 between its ends.
+    """
+    if not 0 < floor < ceil:
+        raise ValueError("need 0 < floor < ceil")
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width!r}")
+    if stats.n_voiced == 0 or not np.isfinite(stats.logf0_mean) or stats.logf0_std <= STD_FLOOR:
+        return float(floor), float(ceil)
+    lo = max(float(floor), float(np.exp(stats.logf0_mean - width * stats.logf0_std)))
+    hi = min(float(ceil), float(np.exp(stats.logf0_mean + width * stats.logf0_std)))
+    if hi < 1.5 * lo:
+        return float(floor), float(ceil)
+    return lo, hi
