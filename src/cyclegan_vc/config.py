@@ -34,6 +34,7 @@ from .models import check_kwargs, resolve_kwargs
 
 __all__ = [
     "PRESETS",
+    "COMPILE_MODES",
     "SHORT_UTTERANCE_POLICIES",
     "Config",
     "ConfigError",
@@ -50,6 +51,9 @@ __all__ = [
 
 PRESETS = ("paper", "small", "debug")
 SHORT_UTTERANCE_POLICIES = ("pad", "skip")
+#: ``training.compile``: ``"none"`` (eager), or a ``torch.compile`` mode for the four networks' calls in
+#: the training step (``"reduce-overhead"`` adds CUDA graphs on CUDA).
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 #: Informational top-level keys that a run directory's ``config.yaml`` carries besides the config.
 RUN_INFO_KEYS = ("package_version",)
 
@@ -104,6 +108,9 @@ class TrainingConfig:
     checkpoint_interval: int = 5_000  # iterations between state_latest / model_latest saves
     milestone_interval: int = 100_000  # iterations between kept state_XXXXXXXX copies; 0 = none
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    # torch.compile of the networks in the training step: "none" (eager), "default", "reduce-overhead"
+    # (CUDA graphs on CUDA), "max-autotune"; the same computation, with plain convolutions inside.
+    compile: str = "none"
     # Deviation (0 = the paper): validate and export an exponential moving average of the generators'
     # weights, ``ema = decay * ema + (1 - decay) * weights`` after every iteration (training is unchanged).
     generator_ema: float = 0.0
@@ -147,6 +154,8 @@ class Config:
                 problems.append(f"training.{name} must lie in [0, 1), got {list(getattr(t, name))}")
         if not 0.0 <= t.generator_ema < 1.0:
             problems.append(f"training.generator_ema must lie in [0, 1) (0 = off), got {t.generator_ema}")
+        if t.compile not in COMPILE_MODES:
+            problems.append(f"training.compile must be one of {COMPILE_MODES}, got {t.compile!r}")
         if t.short_utterances not in SHORT_UTTERANCE_POLICIES:
             problems.append(f"training.short_utterances must be one of {SHORT_UTTERANCE_POLICIES}, got {t.short_utterances!r}")
         try:

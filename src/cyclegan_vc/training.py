@@ -74,7 +74,7 @@ from .checkpoint import (
 from .config import Config, ConfigError, apply_overrides, config_from_dict, read_preset, save_config
 from .features import FeatureConfig, WorldFeatures, decode_aperiodicity, synthesize
 from .losses import l1, lsgan_discriminator, lsgan_generator
-from .models import WeightGradientSink, build_discriminator, build_generator
+from .models import WeightGradientSink, build_discriminator, build_generator, gemm_convolutions
 from .stats import SpeakerStats, convert_f0, denormalize, normalize
 from .utils import atomic_write_json, read_json
 
@@ -384,6 +384,12 @@ class Trainer:
                     f"model.discriminator_kwargs.in_height={data.feature_dim}"
                 )
             self.sampler = CropSampler(data.mceps, t.crop_frames, t.batch_size, t.seed, t.short_utterances, data.ids)
+        # training.compile: the step calls compiled wrappers of the networks (same parameters); validation,
+        # export and the reference step call the networks themselves
+        self.calls: dict[str, Callable[[torch.Tensor], torch.Tensor]] = dict(self.networks)
+        if t.compile != "none":
+            mode = None if t.compile == "default" else t.compile
+            self.calls = {role: torch.compile(net, mode=mode, dynamic=False) for role, net in self.networks.items()}
         self.amp = bool(t.amp and self.device.type == "cuda")
         if t.amp and not self.amp:
             log.warning("training.amp is on but the device is %s: bf16 autocast applies to CUDA only; running fp32", self.device)
@@ -456,6 +462,9 @@ class Trainer:
           come from their weights before any update, as in the reference.
 
         Batches of different shapes cannot share calls: they take :func:`reference_train_step`.
+        With ``training.compile`` the four network calls go through ``torch.compile`` wrappers
+        (:attr:`calls`) and the convolutions are the ordinary ones (the GEMM path is an eager-mode
+        CPU optimisation, with its weight gradients outside autograd).
 
         Args:
             real_a, real_b: ``(N, D, crop_frames)`` normalised MCEPs of speakers A and B; drawn from
@@ -476,12 +485,15 @@ class Trainer:
         y = real_b.to(self.device, torch.float32)
         if x.shape != y.shape:  # the batched calls need equal shapes
             return reference_train_step(self, x, y)
-        G_ab, G_ba, D_a, D_b = (self.networks[r] for r in ROLES)
+        G_ab, G_ba, D_a, D_b = (self.calls[r] for r in ROLES)
         t = self.config.training
         identity_on = self.uses_identity
         n = x.shape[0]
+        plain_convolutions = (lambda: gemm_convolutions(False)) if t.compile != "none" else nullcontext
+        if t.compile == "reduce-overhead" and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: CUDA graph outputs of the last one are dead
 
-        with self._autocast():
+        with self._autocast(), plain_convolutions():
             if identity_on:
                 fake_b, same_b = G_ab(torch.cat([x, y])).split(n)
                 fake_a, same_a, cycle_a = G_ba(torch.cat([y, x, fake_b])).split(n)
@@ -507,8 +519,9 @@ class Trainer:
 
         g_params = [p for role in ("G_ab", "G_ba") for p in self.networks[role].parameters()]
         d_params = [p for role in ("D_a", "D_b") for p in self.networks[role].parameters()]
-        _set_gradients(loss_g, g_params, retain_graph=True)  # through D_a, D_b: their weights get nothing
-        _set_gradients(loss_d, d_params, retain_graph=False)  # stops at the fakes: G_ab, G_ba get nothing
+        with plain_convolutions():
+            _set_gradients(loss_g, g_params, retain_graph=True)  # through D_a, D_b: their weights get nothing
+            _set_gradients(loss_d, d_params, retain_graph=False)  # stops at the fakes: G_ab, G_ba get nothing
         for role in ROLES:
             _use_fused_adam(self.optimizers[role])
             self.optimizers[role].step()
@@ -805,7 +818,8 @@ def _set_gradients(loss: torch.Tensor, params: list[nn.Parameter], retain_graph:
 
     Weight gradients of GEMM convolutions are deferred to a :class:`WeightGradientSink` and written
     with one matrix product per weight into the parameter's existing ``.grad`` buffer, which is kept
-    from step to step (no weight-sized allocation, hence no page faults, per iteration). Parameters
+    from step to step (no weight-sized allocation, hence no page faults, per iteration). A gradient laid
+    out unlike its parameter is copied into the parameter's layout. Parameters
     that ``loss`` does not reach get ``None``, as after ``zero_grad(set_to_none=True)`` and ``backward``.
     """
     with WeightGradientSink(params) as sink:
@@ -822,6 +836,11 @@ def _set_gradients(loss: torch.Tensor, params: list[nn.Parameter], retain_graph:
             ):
                 buffer = torch.empty_like(p, memory_format=torch.contiguous_format)
             g = sink.gradient(p, out=buffer)
+        elif g is not None and g.stride() != p.stride():
+            # laid out like the parameter: a compiled backward returns some convolution weight gradients
+            # channels-last, and PyTorch's fused CPU Adam then updates wrongly (silently; measured
+            # here, torch 2.13: the moments of a 4-D weight off by 100 %)
+            g = torch.empty_like(p).copy_(g)
         p.grad = g
 
 
