@@ -14,8 +14,9 @@ Variants (each a :class:`cyclegan_vc.training.Trainer` from the same weights, ti
 
 For each batch size and variant: the first iterations of each phase (compilation included) are timed
 apart as ``warm-up s``; then ``--iterations`` iterations with the identity loss (the paper's first
-10^4) and as many without (the rest) give iterations per second, and ``4e5 it h`` projects the paper's
-400,000 iterations: ``10^4 / identity it/s + 3.9 * 10^5 / it/s without``. The crops come from an
+10^4) and as many without (the rest) give iterations per second, and ``run h`` projects the hours of
+the preset's whole training (``paper``: 400,000 iterations, ``10^4 / it/s with identity + 3.9 * 10^5 /
+it/s without``; validation and checkpoints not included). The crops come from an
 in-memory ``CropSampler`` as in training (host to device copy included).
 
 The effect of each variant on the numbers: ``--check-steps`` iterations where the variant starts
@@ -113,7 +114,7 @@ def main() -> None:
     if device.type == "cuda":
         print(f"device {torch.cuda.get_device_name(device)}; TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, "
               f"cuDNN {torch.backends.cudnn.allow_tf32}; cuDNN benchmark {torch.backends.cudnn.benchmark}")
-    print(f"{'N':>3} {'variant':<13}{'warm-up s':>10}{'it/s id':>9}{'it/s':>8}{'4e5 it h':>10}"
+    print(f"{'N':>3} {'variant':<13}{'warm-up s':>10}{'it/s id':>9}{'it/s':>8}{'run h':>8}"
           f"{'loss diff':>11}{'grad diff':>11}", flush=True)
     for batch in args.batch:
         base = load_config(args.preset, [f"training.batch_size={batch}"])
@@ -135,7 +136,7 @@ def main() -> None:
                 config.training.iterations - config.training.identity_steps) / rates["no-identity"]
             if name == "eager":
                 eager = trainer
-                loss_diff = grad_diff = "(reference)"
+                loss_diff = grad_diff = "-"
             elif eager is not None:
                 eager.step = trainer.step = 0
                 eager._apply_schedule()
@@ -143,9 +144,9 @@ def main() -> None:
                 loss, grad = differences(eager, trainer, check, args.check_steps)
                 loss_diff, grad_diff = f"{loss:.1e}", f"{grad:.1e}"
             else:
-                loss_diff = grad_diff = "(no eager)"
+                loss_diff = grad_diff = "n/a"
             print(f"{batch:>3} {name:<13}{warm:>10.1f}{rates['identity']:>9.2f}{rates['no-identity']:>8.2f}"
-                  f"{total / 3600:>10.2f}{loss_diff:>11}{grad_diff:>11}", flush=True)
+                  f"{total / 3600:>8.2f}{loss_diff:>11}{grad_diff:>11}", flush=True)
             if trainer is not eager:
                 del trainer
             if device.type == "cuda":
