@@ -195,14 +195,15 @@ def plan_chunks(wave: np.ndarray, rate: int, chunk_seconds: float = 30.0, contex
 
 # -- the converter -------------------------------------------------------------------------------
 ENERGY_MODES = ("generator", "source")
-#: Where the F0 estimator searches in the input: ``"full"`` (the model's ``f0_floor``-``f0_ceil``, as
-#: in preparation) or ``"speaker"`` (the input speaker's ``exp(mu -/+ 3 sigma)`` of log-F0, from its
-#: statistics; a named deviation for speed, about 1.6-2x faster harvest, measured in the README).
-F0_RANGES = ("full", "speaker")
 """Sources of the output's c0 (frame energy). ``"generator"`` is the paper's conversion. ``"source"``
 keeps the input's energy contour (mean-variance mapped): c0 carries loudness, not speaker identity,
 MCD excludes it, and a briefly trained generator's c0 jitters from frame to frame (measured in the
 README, Results), which DNSMOS hears as roughness."""
+
+#: Where the F0 estimator searches in the input: ``"full"`` (the model's ``f0_floor``-``f0_ceil``, as
+#: in preparation) or ``"speaker"`` (the input speaker's ``exp(mu -/+ 3 sigma)`` of log-F0, from its
+#: statistics; a named deviation for speed, about 1.4-2x faster harvest, measured in the README).
+F0_RANGES = ("full", "speaker")
 
 
 def smooth_frames(x: np.ndarray, passes: int) -> np.ndarray:
