@@ -210,7 +210,7 @@ def _add_conversion_options(p: argparse.ArgumentParser) -> None:
                    "pixel shuffle's period-2 frame pattern (default: %(default)s, none: the paper)")
     p.add_argument("--f0-range", choices=F0_RANGE_CHOICES, default="full",
                    help="where F0 is searched in the input: the model's whole f0_floor-f0_ceil, as in preparation, "
-                   "or the input speaker's exp(mean -/+ 3 std) of log-F0 (about 1.4-2x faster harvest; "
+                   "or the input speaker's exp(mean -/+ 3 std) of log-F0 (about 1.6-2x faster harvest; "
                    "default: %(default)s)")
 
 

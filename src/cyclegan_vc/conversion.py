@@ -202,7 +202,7 @@ README, Results), which DNSMOS hears as roughness."""
 
 #: Where the F0 estimator searches in the input: ``"full"`` (the model's ``f0_floor``-``f0_ceil``, as
 #: in preparation) or ``"speaker"`` (the input speaker's ``exp(mu -/+ 3 sigma)`` of log-F0, from its
-#: statistics; a named deviation for speed, about 1.4-2x faster harvest, measured in the README).
+#: statistics; a named deviation for speed, about 1.6-2x faster harvest, measured in the README).
 F0_RANGES = ("full", "speaker")
 
 
