@@ -344,6 +344,10 @@ class Trainer:
         data: training data; needed for :meth:`train_step` without explicit batches, for
             :meth:`validate` and :meth:`export`.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+
+    Attributes:
+        calls: by role, what :meth:`train_step` calls: the network itself, or its ``torch.compile``
+            wrapper (same parameters) with ``training.compile``.
     """
 
     def __init__(self, config: Config, data: TrainingData | None = None, device: str | torch.device = "cpu") -> None:
