@@ -371,12 +371,13 @@ def test_sigterm_saves_the_state_and_exits(tiny_prepared, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (marker.is_file() and marker.read_text().strip().isdigit()):
+        deadline, text = time.monotonic() + 60, ""
+        while not text.isdigit():  # read once per check: the writer truncates the file before each step's number
             assert proc.poll() is None, f"training exited early: {proc.communicate()}"
             assert time.monotonic() < deadline, "no training step within 60 s"
             time.sleep(0.05)
-        signalled_at = int(marker.read_text())
+            text = marker.read_text().strip() if marker.is_file() else ""
+        signalled_at = int(text)
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
     finally:
