@@ -60,6 +60,24 @@ def assert_same_state(reference: Trainer, fast: Trainer, lr: float) -> None:
             assert int(s["step"]) == int(f["step"])
 
 
+def one_iteration_from_the_reference_state(reference: Trainer, other: Trainer, config, generator, step: int) -> dict:
+    """``other`` gets ``reference``'s weights and Adam state, then both run one iteration on the same
+    crops (the reference with ``torch.nn`` convolutions); ``other``'s losses must equal the reference's.
+    Returns ``other``'s losses."""
+    for role in ROLES:
+        other.networks[role].load_state_dict(reference.networks[role].state_dict())
+        # a deep copy: load_state_dict keeps the saved tensors when their device and dtype fit
+        other.optimizers[role].load_state_dict(copy.deepcopy(reference.optimizers[role].state_dict()))
+    x, y = crops(config, generator)
+    with gemm_convolutions(False):
+        expected = reference_train_step(reference, x, y)
+    got = other.train_step(x, y)
+    assert set(got) == set(expected)
+    for key in expected:
+        assert float(got[key]) == pytest.approx(float(expected[key]), rel=1e-4, abs=1e-7), (step, key)
+    return got
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "overrides",
@@ -82,18 +100,8 @@ def test_train_step_matches_the_reference_iteration_across_the_identity_cut_off(
             assert torch.equal(p, q)
     generator = torch.Generator().manual_seed(0)
     for step in range(6):  # identity loss in steps 0-2, not in 3-5; learning-rate decay from step 4
-        for role in ROLES:
-            fast.networks[role].load_state_dict(reference.networks[role].state_dict())
-            # a deep copy: load_state_dict keeps the saved tensors when their device and dtype fit
-            fast.optimizers[role].load_state_dict(copy.deepcopy(reference.optimizers[role].state_dict()))
-        x, y = crops(config, generator)
-        with gemm_convolutions(False):
-            expected = reference_train_step(reference, x, y)
-        got = fast.train_step(x, y)
-        assert set(got) == set(expected)
-        for key in expected:
-            assert float(got[key]) == pytest.approx(float(expected[key]), rel=1e-4, abs=1e-7), (step, key)
-            assert not got[key].requires_grad
+        got = one_iteration_from_the_reference_state(reference, fast, config, generator, step)
+        assert not any(value.requires_grad for value in got.values())
         assert (float(got["identity"]) > 0) == (step < 3)
         assert fast.step == reference.step == step + 1
         assert fast.learning_rates() == reference.learning_rates()
@@ -116,15 +124,7 @@ def test_compiled_train_step_matches_the_reference_iteration_across_the_identity
     assert all(reference.calls[role] is reference.networks[role] for role in ROLES)
     generator = torch.Generator().manual_seed(0)
     for step in range(4):  # identity loss in steps 0-1, not in 2-3; learning-rate decay from step 3
-        for role in ROLES:
-            compiled.networks[role].load_state_dict(reference.networks[role].state_dict())
-            compiled.optimizers[role].load_state_dict(copy.deepcopy(reference.optimizers[role].state_dict()))
-        x, y = crops(config, generator)
-        with gemm_convolutions(False):
-            expected = reference_train_step(reference, x, y)
-        got = compiled.train_step(x, y)
-        for key in expected:
-            assert float(got[key]) == pytest.approx(float(expected[key]), rel=1e-4, abs=1e-7), (step, key)
+        got = one_iteration_from_the_reference_state(reference, compiled, config, generator, step)
         assert (float(got["identity"]) > 0) == (step < 2)
         assert_same_state(reference, compiled, lr=config.training.generator_lr)
     torch._dynamo.reset()
