@@ -17,10 +17,13 @@ For each preset, batch size and phase (``identity``: with the identity-mapping l
 Both trainers start from the same weights and see the same crops. Each repeat times ``--iterations``
 iterations of every variant in turn (interleaved, so that load from other processes hits all alike)
 after one warm-up iteration each; the reported time is the median over repeats of the mean per
-iteration. FLOPs per iteration are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one
-real iteration of each variant (convolutions and matrix products; the fast step counts the input
-gradients of the real half of each discriminator batch too, which the reference does not compute,
-and does not compute the third discriminator pass that the reference does: the counts come out equal).
+iteration. The FLOPs of an iteration are counted by ``torch.utils.flop_counter.FlopCounterMode`` on
+one real iteration of the ``plain`` variant (convolutions and matrix products: the work of the
+algorithm as written) and every variant's GFLOP/s and fraction of the peak use that count, so that a
+variant that skips work gets the credit in its time, not in its count. Each variant's own count is
+printed too (``GFLOP run``: the fast step runs no third discriminator pass, which the reference runs,
+and skips the input-gradient products of the real half of each discriminator batch in the generator
+loss's backward pass, whose output gradient is exactly zero).
 The fp32 matmul peak is the best throughput of a 2048x2048 ``torch.mm`` measured in every repeat with
 the same threads; fraction of peak = FLOPs / time / peak.
 
@@ -43,7 +46,8 @@ others leave. Two things make the numbers usable there:
 With ``--profile``, one more run of the fast step per preset (batch 1, identity phase) under
 ``torch.profiler``: the share of the operators' time spent in matrix products (``aten::mm``,
 ``addmm``, ``bmm``), the throughput of those products alone (the counted FLOPs over their time, against
-the same matmul peak), and the operators that take the most time. It separates the two reasons a step
+the same matmul peak), the operators that take the most time, and the products that take the most
+time by shape with their own throughput. It separates the two reasons a step
 falls short of the peak: small matrix shapes (the products themselves run below the peak) and the
 rest (element-wise and data-movement work between them).
 
@@ -204,35 +208,47 @@ def profile(preset: str, args: argparse.Namespace, peak: Peak) -> None:
     crops = [(sampler.sample("A"), sampler.sample("B")) for _ in range(args.iterations)]
     fast_step(trainer, *crops[0])
     flops = count_flops(fast_step, trainer, *crops[0])
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for x, y in crops:
             fast_step(trainer, x, y)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    by_shape = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::addmm")]
     total = sum(e.self_cpu_time_total for e in events) / 1e6 / len(crops)
     gemm = sum(e.self_cpu_time_total for e in events if e.key in GEMM_OPS) / 1e6 / len(crops)
     rate = flops / gemm / 1e9
     print(f"profile {preset} batch 1 identity: operators {total:.3f} s/it, of which matrix products {gemm:.3f} s "
-          f"({100 * gemm / total:.1f}%), running at {rate:.1f} GFLOP/s = {100 * rate / max(peak.wall):.1f}% of the peak; "
-          "the rest runs no FLOPs counted here")
+          f"({100 * gemm / total:.1f}%), running at {rate:.1f} GFLOP/s = {100 * rate / max(peak.wall):.1f}% of the peak "
+          "(the FLOPs the fast step runs); the rest runs no FLOPs counted here")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
         share = e.self_cpu_time_total / 1e6 / len(crops)
         print(f"    {e.key:<40}{share:>8.3f} s/it {100 * share / total:>6.1f}%  {e.count // len(crops):>5} calls/it")
+    print("  the matrix products that take the most time, by shape (M x K @ K x N):")
+    for e in sorted(by_shape, key=lambda e: -e.self_cpu_time_total)[:8]:
+        a, b = e.input_shapes[1:3] if e.key == "aten::addmm" else e.input_shapes[:2]
+        seconds = e.self_cpu_time_total / 1e6 / len(crops)
+        calls = e.count // len(crops)
+        rate = 2 * a[0] * a[1] * b[1] * calls / seconds / 1e9
+        print(f"    {a[0]:>5} x {a[1]:<5} @ {b[0]:>5} x {b[1]:<5}{1e3 * seconds:>8.1f} ms/it {calls:>4} calls/it "
+              f"{rate:>7.1f} GFLOP/s = {100 * rate / max(peak.wall):.1f}% of the peak")
 
 
 def report(rows: list[dict], peak: Peak) -> None:
     wall_peak, cpu_peak = max(peak.wall), max(peak.cpu)
     print(f"fp32 matmul peak (2048^3 torch.mm, {torch.get_num_threads()} threads): {wall_peak:.1f} GFLOP/s wall-clock "
           f"(best of {len(peak.wall)}; worst {min(peak.wall):.1f}); main-thread-CPU estimate {cpu_peak:.1f} GFLOP/s")
-    print(f"{'preset':<6}{'N':>3}  {'phase':<12}{'variant':<10}{'GFLOP':>7}{'s/it':>8}{'it/s':>7}{'GFLOP/s':>9}"
-          f"{'% of peak':>10}{'cpu s/it':>10}{'cpu % of peak':>15}   wall s/it of each repeat")
+    print("GFLOP: the iteration's FLOPs, counted on the plain variant, used for every variant's GFLOP/s; "
+          "GFLOP run: what the variant itself runs")
+    print(f"{'preset':<6}{'N':>3}  {'phase':<12}{'variant':<10}{'GFLOP':>7}{'GFLOP run':>10}{'s/it':>8}{'it/s':>7}"
+          f"{'GFLOP/s':>9}{'% of peak':>10}{'cpu s/it':>10}{'cpu % of peak':>15}   wall s/it of each repeat")
     for row in rows:
         wall = {name: statistics.median(v) for name, v in row["wall"].items()}
         cpu = {name: statistics.median(v) for name, v in row["cpu"].items()}
-        for name, flops in row["flops"].items():
+        flops = row["flops"]["plain"]
+        for name, run in row["flops"].items():
             gflops = flops / wall[name] / 1e9
             spread = " ".join(f"{v:.3f}" for v in row["wall"][name])
-            print(f"{row['preset']:<6}{row['batch']:>3}  {row['phase']:<12}{name:<10}{flops / 1e9:>7.1f}{wall[name]:>8.3f}"
-                  f"{1 / wall[name]:>7.2f}{gflops:>9.1f}{100 * gflops / wall_peak:>9.1f}%{cpu[name]:>10.3f}"
+            print(f"{row['preset']:<6}{row['batch']:>3}  {row['phase']:<12}{name:<10}{flops / 1e9:>7.1f}{run / 1e9:>10.1f}"
+                  f"{wall[name]:>8.3f}{1 / wall[name]:>7.2f}{gflops:>9.1f}{100 * gflops / wall_peak:>9.1f}%{cpu[name]:>10.3f}"
                   f"{100 * flops / cpu[name] / 1e9 / cpu_peak:>14.1f}%   {spread}")
         print(f"{'':<11}fast/plain: {wall['plain'] / wall['fast']:.2f}x wall-clock, {cpu['plain'] / cpu['fast']:.2f}x "
               f"main-thread CPU; data pipeline (2 x CropSampler.sample) {1e3 * row['data']:.3f} ms = "

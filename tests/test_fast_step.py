@@ -197,6 +197,32 @@ def test_gemm_conv2d_equals_conv2d_and_its_gradients(shape, kernel, stride, padd
     assert torch.autograd.gradcheck(lambda x, w, b: gemm_conv2d(x, w, b, stride, padding), (x, w, b))
 
 
+@pytest.mark.parametrize("zero", [(0,), (3,), (0, 1), (0, 4), (1, 3), (0, 1, 2, 3, 4)])
+def test_gemm_conv2d_input_gradient_of_items_with_a_zero_output_gradient(zero):
+    """Items whose output gradient is all zeros get a zero input gradient without a product of their own:
+    the gradients equal conv2d's, wherever the zero items lie (ends, middle, all), and the input-gradient
+    product covers only the span of the live items."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cyclegan_vc.models.layers import live_samples
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn((5, 3, 6, 10), generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((4, 3, 3, 3), generator=g, dtype=torch.float64)  # no weight gradient: count the input's alone
+    expected = F.conv2d(F.pad(x, (1, 1, 1, 1)), w, None, (1, 2))
+    got = gemm_conv2d(x, w, None, (1, 2), (1, 1, 1, 1))
+    upstream = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    upstream[list(zero)] = 0
+    live = [i for i in range(5) if i not in zero]
+    assert live_samples(upstream) == ((live[0], live[-1] + 1) if live else (0, 0))
+    with FlopCounterMode(display=False) as counter:
+        (gx,) = torch.autograd.grad(got, (x,), upstream, retain_graph=True)
+    span = (live[-1] + 1 - live[0]) if live else 0
+    assert counter.get_total_flops() == 2 * 4 * 27 * span * 6 * 5  # (C_in k, C_out) x (C_out, span H_out W_out)
+    torch.testing.assert_close(gx, torch.autograd.grad(expected, (x,), upstream)[0], rtol=1e-12, atol=1e-12)
+    assert not gx[list(zero)].any()
+
+
 def test_gemm_conv1d_equals_conv1d():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(3, 5, 19, generator=g, dtype=torch.float64)

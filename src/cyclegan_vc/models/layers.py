@@ -206,16 +206,36 @@ class _GemmConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[2] and (sink is None or bias_key is None or sink.wants(bias_key)):
             grad_b = go.sum(1)
         if ctx.needs_input_grad[0]:
-            gcols = torch.mm(weight.reshape(cout, -1).t(), go).view(cin, kh, kw, n, ho, wo)
             padded = grad.new_zeros((n, cin, hp, wp))
-            for i in range(kh):  # col2im: every kernel tap adds its shifted, strided contribution
-                rows = slice(i, i + sh * (ho - 1) + 1, sh)
-                for j in range(kw):
-                    padded[:, :, rows, j : j + sw * (wo - 1) + 1 : sw] += gcols[:, i, j].transpose(0, 1)
+            first, last = live_samples(grad)
+            if first < last:  # the items outside [first, last) have a zero output gradient: zero input gradient
+                live = go[:, first * ho * wo : last * ho * wo]
+                gcols = torch.mm(weight.reshape(cout, -1).t(), live).view(cin, kh, kw, last - first, ho, wo)
+                target = padded[first:last]
+                for i in range(kh):  # col2im: every kernel tap adds its shifted, strided contribution
+                    rows = slice(i, i + sh * (ho - 1) + 1, sh)
+                    for j in range(kw):
+                        target[:, :, rows, j : j + sw * (wo - 1) + 1 : sw] += gcols[:, i, j].transpose(0, 1)
             grad_x = padded[:, :, top : top + height, left : left + width]
             if one_d:
                 grad_x = grad_x.squeeze(2)
         return grad_x, grad_w, grad_b, None, None, None, None
+
+
+def live_samples(grad: torch.Tensor) -> tuple[int, int]:
+    """``(first, last)``: the batch items ``first <= i < last`` of ``grad`` ``(N, ...)`` include every
+    item that is not all zeros; ``(0, 0)`` when all are zero, ``(0, 1)`` for a batch of one.
+
+    The backward pass of the generator loss through a discriminator that ran on ``[real, fake]``
+    reaches the real half with exact zeros (the loss does not depend on it, and zeros stay zeros
+    through the gates and the normalisation): :func:`gemm_conv2d` computes its input-gradient
+    product for the live items only. Costs one reduction over the output gradient.
+    """
+    n = grad.shape[0]
+    if n == 1:
+        return 0, 1
+    live = torch.nonzero(grad.reshape(n, -1).ne(0).any(dim=1)).flatten().tolist()
+    return (live[0], live[-1] + 1) if live else (0, 0)
 
 
 def gemm_conv2d(
