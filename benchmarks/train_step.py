@@ -25,7 +25,11 @@ printed too (``GFLOP run``: the fast step runs no third discriminator pass, whic
 and skips the input-gradient products of the real half of each discriminator batch in the generator
 loss's backward pass, whose output gradient is exactly zero).
 The fp32 matmul peak is the best throughput of a 2048x2048 ``torch.mm`` measured in every repeat with
-the same threads; fraction of peak = FLOPs / time / peak.
+the same threads; fraction of peak = FLOPs / time / peak. On a machine whose speed drifts during the
+run (a shared virtual machine), the best peak of the whole run against the median step time
+understates the fraction; ``% beside`` pairs each timing (``--iterations`` iterations of one variant)
+with the median of the five products measured just before it, and reports the median of those
+ratios over the repeats.
 
 By default the OpenMP runtime keeps its own wait policy, as training runs do (they set nothing).
 On a machine shared with other jobs, wall-clock times of several threads depend on how much CPU the
@@ -112,14 +116,18 @@ class Peak:
         self.wall: list[float] = []
         self.cpu: list[float] = []
 
-    def measure(self, repeats: int = 5) -> None:
+    def measure(self, repeats: int = 5) -> float:
+        """Measure ``repeats`` products; returns their median wall-clock GFLOP/s (the peak of the moment)."""
         torch.mm(self.a, self.b)
         flops = 2 * self.size**3
+        now = []
         for _ in range(repeats):
             wall, cpu = time.perf_counter(), time.thread_time()
             torch.mm(self.a, self.b)
             self.cpu.append(flops / (time.thread_time() - cpu) / 1e9)
-            self.wall.append(flops / (time.perf_counter() - wall) / 1e9)
+            now.append(flops / (time.perf_counter() - wall) / 1e9)
+        self.wall.extend(now)
+        return statistics.median(now)
 
 
 def random_features(utterances: int, dim: int, seed: int) -> list[np.ndarray]:
@@ -163,9 +171,10 @@ def bench(preset: str, batch: int, phase: str, args: argparse.Namespace, peak: P
         flops[name] = count_flops(step, trainers[name], *crops[0])
     wall: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
+    beside: dict[str, list[float]] = {name: [] for name in variants}  # the peak just before each timing
     for _ in range(args.repeats):
-        peak.measure()
         for name, step in variants.items():
+            beside[name].append(peak.measure())
             start, start_cpu = time.perf_counter(), time.thread_time()
             for x, y in crops:
                 step(trainers[name], x, y)
@@ -189,6 +198,7 @@ def bench(preset: str, batch: int, phase: str, args: argparse.Namespace, peak: P
     print(f"  measured {preset} batch {batch} {phase}: " + ", ".join(
         f"{name} {statistics.median(v):.3f} s/it" for name, v in wall.items()), file=sys.stderr, flush=True)
     return {"preset": preset, "batch": batch, "phase": phase, "flops": flops, "wall": wall, "cpu": cpu, "data": data,
+            "beside": beside,
             "ema": ema, "ema_on": bool(t.generator_ema)}
 
 
@@ -237,18 +247,21 @@ def report(rows: list[dict], peak: Peak) -> None:
     print(f"fp32 matmul peak (2048^3 torch.mm, {torch.get_num_threads()} threads): {wall_peak:.1f} GFLOP/s wall-clock "
           f"(best of {len(peak.wall)}; worst {min(peak.wall):.1f}); main-thread-CPU estimate {cpu_peak:.1f} GFLOP/s")
     print("GFLOP: the iteration's FLOPs, counted on the plain variant, used for every variant's GFLOP/s; "
-          "GFLOP run: what the variant itself runs")
+          "GFLOP run: what the variant itself runs; % of peak: against the best peak of the whole run; "
+          "% beside: median over repeats of each timing's throughput against the peak measured just before it")
     print(f"{'preset':<6}{'N':>3}  {'phase':<12}{'variant':<10}{'GFLOP':>7}{'GFLOP run':>10}{'s/it':>8}{'it/s':>7}"
-          f"{'GFLOP/s':>9}{'% of peak':>10}{'cpu s/it':>10}{'cpu % of peak':>15}   wall s/it of each repeat")
+          f"{'GFLOP/s':>9}{'% of peak':>10}{'% beside':>9}{'cpu s/it':>10}{'cpu % of peak':>15}   wall s/it of each repeat")
     for row in rows:
         wall = {name: statistics.median(v) for name, v in row["wall"].items()}
         cpu = {name: statistics.median(v) for name, v in row["cpu"].items()}
         flops = row["flops"]["plain"]
         for name, run in row["flops"].items():
             gflops = flops / wall[name] / 1e9
+            beside = statistics.median(flops / w / 1e9 / p for w, p in zip(row["wall"][name], row["beside"][name]))
             spread = " ".join(f"{v:.3f}" for v in row["wall"][name])
             print(f"{row['preset']:<6}{row['batch']:>3}  {row['phase']:<12}{name:<10}{flops / 1e9:>7.1f}{run / 1e9:>10.1f}"
-                  f"{wall[name]:>8.3f}{1 / wall[name]:>7.2f}{gflops:>9.1f}{100 * gflops / wall_peak:>9.1f}%{cpu[name]:>10.3f}"
+                  f"{wall[name]:>8.3f}{1 / wall[name]:>7.2f}{gflops:>9.1f}{100 * gflops / wall_peak:>9.1f}%"
+                  f"{100 * beside:>8.1f}%{cpu[name]:>10.3f}"
                   f"{100 * flops / cpu[name] / 1e9 / cpu_peak:>14.1f}%   {spread}")
         print(f"{'':<11}fast/plain: {wall['plain'] / wall['fast']:.2f}x wall-clock, {cpu['plain'] / cpu['fast']:.2f}x "
               f"main-thread CPU; data pipeline (2 x CropSampler.sample) {1e3 * row['data']:.3f} ms = "
