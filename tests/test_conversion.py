@@ -9,6 +9,9 @@ one test converts with harvest.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import textwrap
 import tracemalloc
 from pathlib import Path
 
@@ -470,3 +473,49 @@ def test_input_expansion_keeps_sub_paths_and_refuses_collisions(vc, vcc_file, tm
         report.failures[0][1],
         "no files match this pattern",
     ] and "no audio files" in report.failures[0][1]
+
+
+def test_worker_processes_convert_like_one_process(model_path, vcc_file, tmp_path, caplog):
+    """``jobs=2`` (worker processes, one torch thread each): the same files, bytes and failures, in input
+    order, as the conversion in this process (one torch thread here too), with the stages of both workers."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, (speaker, number) in {"a": ("SF1", 100002), "b": ("TM3", 100002), "d": ("SF1", 100003)}.items():
+        shutil.copy(vcc_file(speaker, number), data / f"{name}.flac")
+    (data / "c.wav").write_text("this is not audio\n" * 20)
+    with caplog.at_level("INFO", logger="cyclegan_vc.conversion"):
+        one = convert(model_path, [data], tmp_path / "one", device="cpu", jobs=1, progress=False)
+        two = convert(model_path, [data], tmp_path / "two", device="cpu", jobs=2, progress=False)
+        # the default: all cores, but one worker per minute of audio at most (here 11 s: this process)
+        convert(model_path, [data], tmp_path / "default", device="cpu", progress=False)
+    processes = [r.getMessage().split(" with ")[1].split(";")[0] for r in caplog.records if "real-time factor" in r.getMessage()]
+    assert processes == ["1 process(es)", "2 process(es)", "1 process(es)"]
+    assert [p.name for p in one.outputs] == [p.name for p in two.outputs] == ["a.wav", "b.wav", "d.wav"]
+    assert [(p.name, r) for p, r in one.failures] == [(p.name, r) for p, r in two.failures]
+    assert [p.name for p, _ in two.failures] == ["c.wav"] and "not a readable audio file" in two.failures[0][1]
+    for a, b in zip(one.outputs, two.outputs):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert two.audio_seconds == pytest.approx(one.audio_seconds)
+    assert set(two.stage_seconds) == {"analysis", "network", "synthesis"} and all(v > 0 for v in two.stage_seconds.values())
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["a.wav", "b.wav", "d.wav"]  # nothing else left
+    with pytest.raises(ValueError, match="jobs"):
+        convert(model_path, [data], tmp_path / "bad", jobs=0, progress=False)
+
+
+def test_dead_conversion_workers_are_one_clear_error(model_path, vcc_file, tmp_path):
+    # a script calling convert() at import time: the spawned workers import it again and die
+    data = tmp_path / "data"
+    data.mkdir()
+    for number in (100002, 100003):
+        shutil.copy(vcc_file("SF1", number), data / f"{number}.flac")
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from cyclegan_vc.conversion import convert
+        convert({str(model_path)!r}, [{str(data)!r}], {str(tmp_path / "out")!r}, device="cpu", jobs=2, progress=False)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("cyclegan_vc.utils.WorkersDied: convert(): its worker processes ended abruptly")
+    assert "skipped" not in proc.stderr  # no file is blamed for it
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))

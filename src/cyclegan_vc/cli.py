@@ -82,6 +82,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         energy=args.energy,
         smooth=args.smooth,
         f0_range=args.f0_range,
+        jobs=args.jobs,
         progress=not args.no_progress,
     )
     print(report.summary())
@@ -194,7 +195,7 @@ MCEP_HELP = "mel-cepstrum (coded spectral envelope) dimension (default 24, the p
 
 
 def _add_jobs_option(p: argparse.ArgumentParser) -> None:
-    """``--jobs``: worker processes of the WORLD analyses and conversions (prepare, evaluate, demo, recipe)."""
+    """``--jobs``: worker processes of the WORLD analyses and conversions (prepare, convert, evaluate, demo, recipe)."""
     p.add_argument("--jobs", type=_positive_int, default=None,
                    help="worker processes for the WORLD analyses and conversions (default: all cores; 1: in this "
                    "process, which names a file that crashes its worker)")
@@ -270,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--keep-rate", action="store_true", help="write at each input's sample rate (default: the model's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_jobs_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_convert)
 

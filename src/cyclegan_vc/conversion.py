@@ -35,7 +35,11 @@ import logging
 import os
 import tempfile
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
+from multiprocessing import get_context
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -58,6 +62,7 @@ from .audio import (
 )
 from .features import FeatureConfig, WorldFeatures, analyze, synthesize
 from .stats import SpeakerStats, convert_f0, denormalize, f0_search_range, normalize
+from .utils import WorkersDied
 
 __all__ = [
     "ENERGY_MODES",
@@ -80,6 +85,8 @@ DIRECTIONS = {"A2B": ("A", "B", "G_ab"), "B2A": ("B", "A", "G_ba")}
 FRAME_MULTIPLE = 4  # the generator downsamples twice by 2
 FADE_SECONDS = 0.01  # half the cross-fade; also the window of the quiet-point search
 READ_BLOCK_SECONDS = 10.0  # block size when streaming a file
+#: convert() with default jobs starts one worker process per this many seconds of audio in the batch at most
+WORKER_AUDIO_SECONDS = 60.0
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -714,6 +721,45 @@ def load_converter(
     return model
 
 
+def _plan(files: list[tuple[Path, Path]], out: Path) -> list[tuple[Path, Path, str | None]]:
+    """``(input, output, problem or None)`` for every file: an output that is the input itself, or
+    that an earlier input's conversion would write, is a problem decided before any work (so the
+    result does not depend on the order in which parallel workers finish)."""
+    planned: dict[Path, Path] = {}  # resolved output -> the input that writes it
+    plan = []
+    for path, rel in files:
+        target = out / rel.with_suffix(".wav")
+        key = target.resolve()
+        if key in planned:
+            problem = f"output {target} would overwrite the conversion of {planned[key]}"
+        elif key == path.resolve():
+            problem = "output would overwrite the input (choose another output folder)"
+        else:
+            problem = None
+            planned[key] = path
+        plan.append((path, target, problem))
+    return plan
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(model: str, energy: str, smooth: int, f0_range: str) -> None:
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    _WORKER["converter"] = VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth, f0_range=f0_range)
+
+
+def _convert_in_worker(
+    path: Path, target: Path, direction: str, f0: str | None, keep_rate: bool
+) -> tuple[str | None, dict[str, float]]:
+    """One file in a worker process: ``(problem or None, seconds per stage)``."""
+    converter: VoiceConverter = _WORKER["converter"]
+    converter.reset_timings()
+    problem = _convert_one(converter, path, target, direction, f0, keep_rate, lambda seconds: None)
+    return problem, dict(converter.timings)
+
+
 def convert(
     model: str | os.PathLike | VoiceConverter,
     inputs: Sequence[str | os.PathLike] | str | os.PathLike,
@@ -726,6 +772,7 @@ def convert(
     energy: str | None = None,
     smooth: int | None = None,
     f0_range: str | None = None,
+    jobs: int | None = None,
     progress: bool = True,
 ) -> ConversionReport:
     """Convert every input into ``out`` as ``<name>.wav``; bad inputs are reported and skipped.
@@ -744,16 +791,30 @@ def convert(
             converter's setting, or 0 for a model loaded here.
         f0_range: ``"full"`` or ``"speaker"`` (see :class:`VoiceConverter`); ``None`` keeps a given
             converter's setting, or ``"full"`` for a model loaded here.
-        progress: show a progress bar (seconds of audio, with the running real-time factor).
+        jobs: worker processes, one file each at a time, each with one torch thread (default: all
+            cores, but at most one per :data:`WORKER_AUDIO_SECONDS` of audio in the batch, since
+            starting a worker costs about as much as converting 15 s; 1: in this process). Used when
+            ``model`` is a path, there is more than one file and the model runs on the CPU; otherwise
+            the files are converted here, one by one.
+            Workers are started with "spawn": a script that calls this must do so under
+            ``if __name__ == "__main__":``.
+        progress: show a progress bar (seconds of audio, with the running real-time factor; with
+            workers it advances by whole files).
 
     Returns:
         A :class:`ConversionReport`; every failure (missing input, unreadable/empty/silent file,
-        name collision, conversion error) is listed with its reason. Nothing is written for a
-        failed input.
+        name collision, conversion error) is listed with its reason, in input order. Nothing is
+        written for a failed input. ``real_time_factor`` is the batch's wall time over its audio (with
+        workers below the one-core figure); ``stage_seconds`` add up every process's time.
+
+    Raises:
+        WorkersDied: a worker process died (not one file's fault; see :class:`~cyclegan_vc.utils.WorkersDied`).
     """
     _direction(direction)
     if f0 is not None:
         FeatureConfig(f0_method=f0)  # raises ValueError for an unknown method before any work
+    if jobs is not None and (isinstance(jobs, bool) or int(jobs) != jobs or jobs < 1):
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     converter = load_converter(model, device, energy, smooth, f0_range)
@@ -766,10 +827,16 @@ def convert(
             report.failures.append((Path(item), problem))
             log.warning("skipped %s: %s", item, problem)
         files += found
-
+    plan = _plan(files, out)
     seconds = {path: _duration(path) for path, _ in files}
-    timings_before = dict(converter.timings)
-    written: dict[Path, Path] = {}  # resolved output -> its input
+    work = [path for path, _, problem in plan if problem is None]
+    if jobs is None:  # all cores, but no more workers than minutes of audio: a worker's start costs seconds
+        jobs = max(1, min(os.cpu_count() or 1, int(sum(seconds[p] for p in work) // WORKER_AUDIO_SECONDS)))
+    workers = min(jobs, len(work))
+    use_pool = workers > 1 and not isinstance(model, VoiceConverter) and converter.device.type == "cpu"
+
+    problems: dict[int, str | None] = {}  # input index -> its problem, None when converted; filled as files finish
+    stages = {k: 0.0 for k in converter.timings}
     start = time.perf_counter()
     bar = tqdm(
         total=sum(seconds.values()),
@@ -778,37 +845,67 @@ def convert(
         disable=not progress,
         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}{postfix}]",
     )
+
+    def finished(index: int, problem: str | None) -> None:
+        problems[index] = problem
+        path = plan[index][0]
+        if problem is None:
+            report.audio_seconds += seconds[path]
+        else:
+            log.warning("skipped %s: %s", path, problem)
+        report.wall_seconds = time.perf_counter() - start
+        failed = sum(p is not None for p in problems.values())
+        bar.set_postfix_str(
+            f"file {len(problems)}/{len(plan)}, real-time factor {report.real_time_factor:.3f}, {failed} failed"
+        )
+
     with logging_redirect_tqdm() if progress else nullcontext(), bar:
-        for index, (path, rel) in enumerate(files):
-            target = out / rel.with_suffix(".wav")
-            end_of_file = bar.n + seconds[path]
+        for index, (path, _, problem) in enumerate(plan):
+            if problem is not None:
+                bar.update(seconds[path])
+                finished(index, problem)
+        todo = [(i, path, target) for i, (path, target, problem) in enumerate(plan) if problem is None]
+        if use_pool:
+            try:
+                with ProcessPoolExecutor(
+                    workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                    initargs=(str(model), converter.energy, converter.smooth, converter.f0_range),
+                ) as pool:
+                    futures = {
+                        pool.submit(_convert_in_worker, path, target, direction, f0, keep_rate): (i, path)
+                        for i, path, target in todo
+                    }
+                    for future in as_completed(futures):
+                        index, path = futures[future]
+                        problem, timings = future.result()
+                        for stage, value in timings.items():
+                            stages[stage] = stages.get(stage, 0.0) + value
+                        bar.update(seconds[path])
+                        finished(index, problem)
+            except BrokenProcessPool as exc:  # not one file's fault: every pending file would fail alike
+                raise WorkersDied("convert()") from exc
+        else:
+            timings_before = dict(converter.timings)
+            for index, path, target in todo:
+                end_of_file = bar.n + seconds[path]
 
-            def advance(chunk_seconds: float, limit: float = end_of_file) -> None:
-                bar.update(max(0.0, min(chunk_seconds, limit - bar.n)))
+                def advance(chunk_seconds: float, limit: float = end_of_file) -> None:
+                    bar.update(max(0.0, min(chunk_seconds, limit - bar.n)))
 
-            if target.resolve() in written:
-                problem = f"output {target} would overwrite the conversion of {written[target.resolve()]}"
-            elif target.resolve() == path.resolve():
-                problem = "output would overwrite the input (choose another output folder)"
-            else:
                 problem = _convert_one(converter, path, target, direction, f0, keep_rate, advance)
-            advance(seconds[path])  # the rest of this file's share, also after a failure
-            if problem is None:
-                written[target.resolve()] = path
-                report.outputs.append(target)
-                report.audio_seconds += seconds[path]
-            else:
-                report.failures.append((path, problem))
-                log.warning("skipped %s: %s", path, problem)
-            report.wall_seconds = time.perf_counter() - start
-            bar.set_postfix_str(
-                f"file {index + 1}/{len(files)}, real-time factor {report.real_time_factor:.3f}, "
-                f"{len(report.failures)} failed"
-            )
+                advance(seconds[path])  # the rest of this file's share, also after a failure
+                finished(index, problem)
+            stages = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
     report.wall_seconds = time.perf_counter() - start
-    report.stage_seconds = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
+    report.stage_seconds = stages
+    for index, (path, target, _) in enumerate(plan):
+        if problems[index] is None:
+            report.outputs.append(target)
+        else:
+            report.failures.append((path, problems[index]))
     log.info(
-        "converted %d file(s) (%.1f s of audio, real-time factor %.3f) into %s; %d failure(s)",
-        len(report.outputs), report.audio_seconds, report.real_time_factor, out, len(report.failures),
+        "converted %d file(s) (%.1f s of audio, real-time factor %.3f) into %s with %d process(es); %d failure(s)",
+        len(report.outputs), report.audio_seconds, report.real_time_factor, out, workers if use_pool else 1,
+        len(report.failures),
     )
     return report
