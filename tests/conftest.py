@@ -78,3 +78,27 @@ def tiny_prepared(tmp_path_factory, vcc_root) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture
+def unguarded_script_dies(tmp_path):
+    """Run ``code`` as a script that calls a stage with worker processes at import time (no
+    ``if __name__ == "__main__":``; the spawned workers import it again and die) and check the outcome:
+    a failed run that ends in exactly one ``WorkersDied`` for ``stage`` and blames no file. Returns that
+    line (the traceback's last; the multiprocessing resource tracker may warn after it at exit)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    def run(code: str, stage: str) -> str:
+        script = tmp_path / "unguarded.py"
+        script.write_text(textwrap.dedent(code))
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("cyclegan_vc.utils.WorkersDied")]
+        assert len(errors) == 1, proc.stderr[-3000:]
+        assert errors[0].startswith(f"cyclegan_vc.utils.WorkersDied: {stage}(): its worker processes ended abruptly")
+        assert "skipped" not in proc.stderr  # no file is blamed for it
+        return errors[0]
+
+    return run

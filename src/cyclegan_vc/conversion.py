@@ -39,8 +39,8 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
-from multiprocessing import get_context
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -866,24 +866,26 @@ def convert(
                 finished(index, problem)
         todo = [(i, path, target) for i, (path, target, problem) in enumerate(plan) if problem is None]
         if use_pool:
+            pool = ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                initargs=(str(model), converter.energy, converter.smooth, converter.f0_range),
+            )
             try:
-                with ProcessPoolExecutor(
-                    workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                    initargs=(str(model), converter.energy, converter.smooth, converter.f0_range),
-                ) as pool:
-                    futures = {
-                        pool.submit(_convert_in_worker, path, target, direction, f0, keep_rate): (i, path)
-                        for i, path, target in todo
-                    }
-                    for future in as_completed(futures):
-                        index, path = futures[future]
-                        problem, timings = future.result()
-                        for stage, value in timings.items():
-                            stages[stage] = stages.get(stage, 0.0) + value
-                        bar.update(seconds[path])
-                        finished(index, problem)
+                futures = {
+                    pool.submit(_convert_in_worker, path, target, direction, f0, keep_rate): (i, path)
+                    for i, path, target in todo
+                }
+                for future in as_completed(futures):
+                    index, path = futures[future]
+                    problem, timings = future.result()
+                    for stage, value in timings.items():
+                        stages[stage] = stages.get(stage, 0.0) + value
+                    bar.update(seconds[path])
+                    finished(index, problem)
             except BrokenProcessPool as exc:  # not one file's fault: every pending file would fail alike
                 raise WorkersDied("convert()") from exc
+            finally:  # also on an interrupt: files not yet started are not started
+                pool.shutdown(cancel_futures=True)
         else:
             timings_before = dict(converter.timings)
             for index, path, target in todo:
