@@ -26,6 +26,11 @@ of a parameter's gradient (fp32 variants differ by float rounding only; bf16 by 
 
 With ``--device cpu`` (and a small preset: ``--preset debug``) the script runs on the CPU, to check it
 where no GPU is at hand; its times there say nothing about a GPU.
+
+Each row is printed as soon as it is measured, and a variant that fails (for instance CUDA graphs
+with this step's two backward passes, never run on a GPU so far) prints ``failed:`` with the error
+and the run goes on with the next one, so that a run cut off by a time limit still reports what it
+measured. Variants run in the order given: put the ones that matter most first.
 """
 
 from __future__ import annotations
@@ -99,6 +104,36 @@ def differences(eager: Trainer, other: Trainer, sampler: CropSampler, steps: int
     return loss_error, grad_error
 
 
+def measure(
+    name: str, trainer: Trainer, config, features: dict, batch: int, eager: Trainer | None, args: argparse.Namespace
+) -> tuple[str, bool]:
+    """Time one variant (both phases) and compare it with ``eager``; returns its table row (after the
+    variant's name) and whether it is the eager reference."""
+    sampler = CropSampler(features, config.training.crop_frames, batch, seed=0)
+    rates, warm = {}, 0.0
+    for phase, step in (("identity", 0), ("no-identity", config.training.identity_steps)):
+        trainer.step = step
+        trainer._apply_schedule()
+        warm += 3 * timed(trainer, sampler, 3)  # compilation, CUDA graph capture, cuDNN autotuning
+        trainer.step = step
+        rates[phase] = 1 / timed(trainer, sampler, args.iterations)
+    total = config.training.identity_steps / rates["identity"] + (
+        config.training.iterations - config.training.identity_steps) / rates["no-identity"]
+    if name == "eager":
+        loss_diff = grad_diff = "-"
+    elif eager is not None:
+        eager.step = trainer.step = 0
+        eager._apply_schedule()
+        check = CropSampler(features, config.training.crop_frames, batch, seed=1)
+        loss, grad = differences(eager, trainer, check, args.check_steps)
+        loss_diff, grad_diff = f"{loss:.1e}", f"{grad:.1e}"
+    else:
+        loss_diff = grad_diff = "n/a"
+    row = (f"{warm:>10.1f}{rates['identity']:>9.2f}{rates['no-identity']:>8.2f}{total / 3600:>8.2f}"
+           f"{loss_diff:>11}{grad_diff:>11}")
+    return row, name == "eager"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="paper")
@@ -123,30 +158,15 @@ def main() -> None:
         eager = None
         for name in args.variants:
             config = load_config(args.preset, [f"training.batch_size={batch}", *VARIANTS[name]])
-            trainer = Trainer(config, device=device)
-            sampler = CropSampler(features, config.training.crop_frames, batch, seed=0)
-            rates, warm = {}, 0.0
-            for phase, step in (("identity", 0), ("no-identity", config.training.identity_steps)):
-                trainer.step = step
-                trainer._apply_schedule()
-                warm += 3 * timed(trainer, sampler, 3)  # compilation, CUDA graph capture, cuDNN autotuning
-                trainer.step = step
-                rates[phase] = 1 / timed(trainer, sampler, args.iterations)
-            total = config.training.identity_steps / rates["identity"] + (
-                config.training.iterations - config.training.identity_steps) / rates["no-identity"]
-            if name == "eager":
-                eager = trainer
-                loss_diff = grad_diff = "-"
-            elif eager is not None:
-                eager.step = trainer.step = 0
-                eager._apply_schedule()
-                check = CropSampler(features, config.training.crop_frames, batch, seed=1)
-                loss, grad = differences(eager, trainer, check, args.check_steps)
-                loss_diff, grad_diff = f"{loss:.1e}", f"{grad:.1e}"
-            else:
-                loss_diff = grad_diff = "n/a"
-            print(f"{batch:>3} {name:<13}{warm:>10.1f}{rates['identity']:>9.2f}{rates['no-identity']:>8.2f}"
-                  f"{total / 3600:>8.2f}{loss_diff:>11}{grad_diff:>11}", flush=True)
+            trainer = None
+            try:
+                trainer = Trainer(config, device=device)
+                row, trainer_is_eager = measure(name, trainer, config, features, batch, eager, args)
+                if trainer_is_eager:
+                    eager = trainer
+            except Exception as exc:  # one variant failing (e.g. CUDA graphs with this step) must not end the run
+                row = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+            print(f"{batch:>3} {name:<13}{row}", flush=True)
             if trainer is not eager:
                 del trainer
             if device.type == "cuda":
