@@ -221,6 +221,9 @@ def test_gemm_conv2d_input_gradient_of_items_with_a_zero_output_gradient(zero):
     assert counter.get_total_flops() == 2 * 4 * 27 * span * 6 * 5  # (C_in k, C_out) x (C_out, span H_out W_out)
     torch.testing.assert_close(gx, torch.autograd.grad(expected, (x,), upstream)[0], rtol=1e-12, atol=1e-12)
     assert not gx[list(zero)].any()
+    nan = torch.zeros(3, 2)
+    nan[1, 0] = float("nan")
+    assert live_samples(nan) == (1, 2)  # a NaN is not a zero: it is passed on
 
 
 def test_gemm_conv1d_equals_conv1d():

@@ -229,12 +229,13 @@ def live_samples(grad: torch.Tensor) -> tuple[int, int]:
     The backward pass of the generator loss through a discriminator that ran on ``[real, fake]``
     reaches the real half with exact zeros (the loss does not depend on it, and zeros stay zeros
     through the gates and the normalisation): :func:`gemm_conv2d` computes its input-gradient
-    product for the live items only. Costs one reduction over the output gradient.
+    product for the live items only. Costs one reduction over the output gradient (a NaN counts as live).
     """
     n = grad.shape[0]
     if n == 1:
         return 0, 1
-    live = torch.nonzero(grad.reshape(n, -1).ne(0).any(dim=1)).flatten().tolist()
+    peaks = grad.reshape(n, -1).abs().amax(dim=1).tolist()
+    live = [i for i, peak in enumerate(peaks) if peak != 0]
     return (live[0], live[-1] + 1) if live else (0, 0)
 
 
