@@ -434,8 +434,8 @@ class Trainer:
             return
         weight = 1.0 - self.config.training.generator_ema
         for role, average in self.ema.items():
-            for avg, p in zip(average.parameters(), self.networks[role].parameters()):
-                avg.lerp_(p.detach(), weight)
+            # one multi-tensor kernel per generator instead of one call per parameter
+            torch._foreach_lerp_(list(average.parameters()), [p.detach() for p in self.networks[role].parameters()], weight)
             for avg, b in zip(average.buffers(), self.networks[role].buffers()):
                 avg.copy_(b)
 
