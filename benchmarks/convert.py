@@ -3,7 +3,7 @@ and model load time, and the batch throughput of ``convert`` with worker process
 
     python benchmarks/convert.py [--root ../shared/data/vcc2016] [--model RUN_OR_MODEL] [--repeats 3]
                                  [--long-seconds 60] [--chunk-seconds 30] [--threads 1]
-                                 [--batch-files 16] [--jobs N]
+                                 [--batch-files 16] [--long-file-seconds 120] [--jobs N]
 
 Real-time factor (RTF) = wall seconds / seconds of audio (lower is faster), for
 ``VoiceConverter.convert`` on a loaded model, split into analysis (F0, CheapTrick envelope coded
@@ -24,9 +24,10 @@ with ``f0_range="speaker"`` (the source speaker's exp(mean -/+ 3 std) of log-F0 
 ``cyclegan-vc convert --f0-range speaker``). The issue's targets (one core, 4 s utterance, model
 loaded): RTF <= 0.15 with harvest, <= 0.05 with dio; model load < 2 s.
 
-Last, a batch of ``--batch-files`` SF1 training files is converted by ``convert()`` (the model's F0
-estimator, harvest for the random models) in this process and with ``--jobs`` worker processes
-(``cyclegan-vc convert --jobs N``), side by side: the batch's real-time factor and the speed-up.
+Last, a batch of ``--batch-files`` SF1 training files, and one file of ``--long-file-seconds`` (converted
+in 30 s chunks, which the workers share), are converted by ``convert()`` (the model's F0 estimator,
+harvest for the random models) in this process and with ``--jobs`` worker processes (``cyclegan-vc
+convert --jobs N``), side by side: the batch's real-time factor and the speed-up.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import pyworld  # noqa: E402
 import torch  # noqa: E402
 from _common import DEFAULT_VCC, hardware  # noqa: E402
 
-from cyclegan_vc.audio import load_audio  # noqa: E402
+from cyclegan_vc.audio import load_audio, save_audio  # noqa: E402
 from cyclegan_vc.checkpoint import export_model  # noqa: E402
 from cyclegan_vc.config import load_config  # noqa: E402
 from cyclegan_vc.conversion import VoiceConverter  # noqa: E402
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--chunk-seconds", type=float, default=30.0, help="chunk length of long inputs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the issue measures one core)")
     parser.add_argument("--batch-files", type=int, default=16, help="files of the batch conversion (0: skip it)")
+    parser.add_argument("--long-file-seconds", type=float, default=120.0,
+                        help="one file of this length (SF1's training files in a row), converted alone (0: skip it)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes of the batch conversion")
     args = parser.parse_args()
 
@@ -235,30 +238,39 @@ def main() -> None:
         for label, t in world_breakdown(short, features, args.repeats, speaker_range(vc)):
             print(f"  {label:<26}{t / seconds:7.3f}")
 
-        if args.batch_files:
-            batch(models[name], files[: args.batch_files], Path(tmp), args.jobs)
+        if args.batch_files or args.long_file_seconds:
+            inputs = {}
+            if args.batch_files:
+                inputs[f"{args.batch_files} SF1 files"] = files[: args.batch_files]
+            if args.long_file_seconds:
+                one = np.concatenate([load_audio(f, features.sample_rate)[0] for f in files])
+                one = np.tile(one, int(np.ceil(args.long_file_seconds * features.sample_rate / len(one))))
+                path = save_audio(Path(tmp) / "long.wav", one[: int(args.long_file_seconds * features.sample_rate)],
+                                  features.sample_rate)
+                inputs[f"one {args.long_file_seconds:.0f} s file"] = [path]
+            batch(models[name], inputs, Path(tmp), args.jobs)
     print(f"\nload average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
-def batch(model: Path, files: list[Path], tmp: Path, jobs: int) -> None:
-    """``convert`` of a batch of files (the model's F0 estimator) in this process and with ``jobs``
+def batch(model: Path, inputs: dict[str, list[Path]], tmp: Path, jobs: int) -> None:
+    """``convert`` of each batch of files (the model's F0 estimator) in this process and with ``jobs``
     worker processes, side by side: wall time, real-time factor of the batch and the speed-up."""
     from cyclegan_vc.conversion import convert
 
-    print(f"\nbatch conversion of {len(files)} SF1 files (convert(), the model's F0 estimator), this process "
-          f"against {jobs} worker processes (one torch thread each)")
-    print(f"  {'jobs':>4}{'audio s':>9}{'wall s':>8}{'RTF':>7}{'x-real-time':>13}")
-    walls = {}
-    for n in (1, jobs):
-        start = time.perf_counter()
-        report = convert(model, files, tmp / f"batch-{n}", device="cpu", jobs=n, progress=False)
-        walls[n] = time.perf_counter() - start
-        if report.failures:
-            raise SystemExit(f"batch conversion failed: {report.failures}")
-        print(f"  {n:>4}{report.audio_seconds:9.1f}{walls[n]:8.1f}{walls[n] / report.audio_seconds:7.3f}"
-              f"{report.audio_seconds / walls[n]:13.1f}")
-    print(f"  {jobs} worker processes are {walls[1] / walls[jobs]:.2f}x as fast as this process "
-          "(wall time including the workers' start and model load)")
+    print(f"\nbatch conversion (convert(), the model's F0 estimator, 30 s chunks), this process against {jobs} "
+          "worker processes (one torch thread each; wall time includes the workers' start and model load)")
+    print(f"  {'input':<28}{'jobs':>5}{'audio s':>9}{'wall s':>8}{'RTF':>7}{'x-real-time':>13}{'speed-up':>10}")
+    for label, files in inputs.items():
+        walls = {}
+        for n in (1, jobs):
+            start = time.perf_counter()
+            report = convert(model, files, tmp / f"batch-{len(files)}-{n}", device="cpu", jobs=n, progress=False)
+            walls[n] = time.perf_counter() - start
+            if report.failures:
+                raise SystemExit(f"batch conversion failed: {report.failures}")
+            speed_up = f"{walls[1] / walls[n]:.2f}x" if n != 1 else ""
+            print(f"  {label:<28}{n:>5}{report.audio_seconds:9.1f}{walls[n]:8.1f}{walls[n] / report.audio_seconds:7.3f}"
+                  f"{report.audio_seconds / walls[n]:13.1f}{speed_up:>10}")
 
 
 def time_conversion_network(vc: VoiceConverter, wave: np.ndarray, repeats: int) -> float:

@@ -499,6 +499,44 @@ def test_worker_processes_convert_like_one_process(model_path, vcc_file, tmp_pat
         convert(model_path, [data], tmp_path / "bad", jobs=0, progress=False)
 
 
+def test_worker_processes_convert_the_chunks_of_a_long_file_like_one_process(model_path, vcc_file, tmp_path, monkeypatch, caplog):
+    """A file of several chunks with ``jobs=2``: its chunks are converted by the workers and joined here,
+    giving the same bytes as the conversion in this process; a short file beside it goes to a worker."""
+    from cyclegan_vc import conversion
+
+    real = conversion.load_converter
+
+    def short_chunks(*args, **kwargs):  # 2 s chunks (the default is 30 s), so that 6 s of speech make 3
+        converter = real(*args, **kwargs)
+        converter.chunk_seconds, converter.context_seconds = 2.0, 0.5
+        return converter
+
+    monkeypatch.setattr(conversion, "load_converter", short_chunks)
+    data = tmp_path / "data"
+    data.mkdir()
+    speech = np.concatenate([load_audio(vcc_file("SF1", n))[0] for n in (100002, 100003, 100004)])
+    assert len(speech) > 5 * RATE
+    save_audio(data / "long.wav", speech, RATE)
+    shutil.copy(vcc_file("TM3", 100002), data / "short.flac")
+    with caplog.at_level("INFO", logger="cyclegan_vc.conversion"):
+        one = convert(model_path, [data], tmp_path / "one", device="cpu", jobs=1, progress=False)
+
+        def not_here(*args):
+            raise AssertionError("a chunk converted in the calling process")
+
+        monkeypatch.setattr(VoiceConverter, "_convert_segment", not_here)  # the spawned workers have their own
+        two = convert(model_path, [data], tmp_path / "two", device="cpu", jobs=2, progress=False)
+    processes = [r.getMessage().split(" with ")[1].split(";")[0] for r in caplog.records if "real-time factor" in r.getMessage()]
+    assert processes == ["1 process(es)", "2 process(es)"]
+    assert [p.name for p in one.outputs] == [p.name for p in two.outputs] == ["long.wav", "short.wav"]
+    assert not one.failures and not two.failures
+    for a, b in zip(one.outputs, two.outputs):
+        assert a.read_bytes() == b.read_bytes(), a.name
+    assert sf.info(str(two.outputs[0])).frames == len(speech)
+    # no chunk ran here: these are the workers' stage times, counted
+    assert all(two.stage_seconds[k] > 0 for k in ("analysis", "network", "synthesis"))
+
+
 def test_dead_conversion_workers_are_one_clear_error(model_path, vcc_file, tmp_path, unguarded_script_dies):
     data = tmp_path / "data"
     data.mkdir()

@@ -29,14 +29,16 @@ Speed: the time goes to WORLD (pyworld), not to the network; see ``benchmarks/co
 
 from __future__ import annotations
 
+import collections
 import glob
 import itertools
 import logging
+import math
 import os
 import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -396,15 +398,22 @@ class VoiceConverter:
         direction: str,
         config: FeatureConfig,
         on_chunk: Callable[[int], None] | None = None,
+        pool: Executor | None = None,
+        window: int = 2,
     ) -> Iterator[np.ndarray]:
         """Convert a waveform arriving in blocks (model rate); yield the output in order, as many
-        samples in total as came in. ``on_chunk(samples)`` is called after each chunk."""
+        samples in total as came in. ``on_chunk(samples)`` is called after each chunk. With ``pool``
+        (worker processes started by :func:`convert`) the chunks are converted there, up to ``window``
+        at a time; the joins are made here, in order, so the output is the same."""
         chunker = _Chunker(blocks, config.sample_rate, self.chunk_seconds, self.context_seconds)
         fade = chunker.fade
         ramp = np.linspace(0.0, 1.0, 2 * fade + 2)[1:-1]  # ramp + ramp[::-1] == 1
         tail = None  # the faded-out end of the previous chunk, over [start - fade, start + fade)
-        for chunk, samples in chunker:
-            seg = self._convert_segment(samples, direction, config)
+        if pool is None:
+            segments = ((chunk, self._convert_segment(samples, direction, config)) for chunk, samples in chunker)
+        else:
+            segments = self._pooled_segments(chunker, direction, config, pool, window)
+        for chunk, seg in segments:
             a = chunk.start - fade if chunk.start else 0
             b = chunk.end if chunk.last else chunk.end + fade
             piece = seg[a - chunk.lo : b - chunk.lo].copy()
@@ -416,6 +425,29 @@ class VoiceConverter:
             if on_chunk is not None:
                 on_chunk(chunk.end - chunk.start)
             yield piece
+
+    def _pooled_segments(
+        self, chunker: Iterable[tuple[Chunk, np.ndarray]], direction: str, config: FeatureConfig, pool: Executor, window: int
+    ) -> Iterator[tuple[Chunk, np.ndarray]]:
+        """``(chunk, converted segment)`` in order, the segments converted by ``pool``'s workers with up
+        to ``window`` in flight (memory stays bounded); their stage times are added to :attr:`timings`."""
+        pending: collections.deque = collections.deque()
+        try:
+            for chunk, samples in chunker:
+                pending.append((chunk, pool.submit(_segment_in_worker, samples, direction, config)))
+                if len(pending) >= window:
+                    yield self._collect(*pending.popleft())
+            while pending:
+                yield self._collect(*pending.popleft())
+        finally:  # an abandoned file (a failed chunk, an interrupt): its other chunks are not needed
+            for _, future in pending:
+                future.cancel()
+
+    def _collect(self, chunk: Chunk, future: Future) -> tuple[Chunk, np.ndarray]:
+        seg, timings = future.result()
+        for stage, seconds in timings.items():
+            self.timings[stage] += seconds
+        return chunk, seg
 
     def convert(
         self,
@@ -469,13 +501,27 @@ class VoiceConverter:
         each converted chunk with its duration. Returns ``out_path``; raises :class:`AudioError`
         (naming the file) for unusable input.
         """
+        return self._convert_file(path, out_path, direction, f0_method, keep_rate, on_chunk)
+
+    def _convert_file(
+        self,
+        path: str | os.PathLike,
+        out_path: str | os.PathLike,
+        direction: str,
+        f0_method: str | None,
+        keep_rate: bool,
+        on_chunk: Callable[[float], None] | None,
+        pool: Executor | None = None,
+        window: int = 2,
+    ) -> Path:
+        """:meth:`convert_file`, with the chunks converted in ``pool`` (see :meth:`_iter_converted`)."""
         _direction(direction)
         config = self._config(f0_method)
         path, out_path = Path(path), Path(out_path)
         source = _AudioSource(path)
         out_rate = source.rate if keep_rate else self.sample_rate
         callback = None if on_chunk is None else (lambda n: on_chunk(n / self.sample_rate))
-        pieces = self._iter_converted(source.blocks(self.sample_rate), direction, config, callback)
+        pieces = self._iter_converted(source.blocks(self.sample_rate), direction, config, callback, pool, window)
         if out_rate != self.sample_rate:
             pieces = _resample_stream(pieces, self.sample_rate, out_rate)
         try:
@@ -675,12 +721,16 @@ def _convert_one(
     f0: str | None,
     keep_rate: bool,
     on_chunk: Callable[[float], None],
+    pool: Executor | None = None,
+    window: int = 2,
 ) -> str | None:
-    """Convert one file; return why it failed, or ``None``."""
+    """Convert one file (its chunks in ``pool`` when given); return why it failed, or ``None``."""
     try:
-        converter.convert_file(path, target, direction, f0_method=f0, keep_rate=keep_rate, on_chunk=on_chunk)
+        converter._convert_file(path, target, direction, f0, keep_rate, on_chunk, pool, window)
     except AudioError as exc:
         return exc.problem
+    except BrokenProcessPool:  # the workers died: not this file's fault
+        raise
     except Exception as exc:  # one bad file must not end the batch
         log.debug("conversion of %s failed", path, exc_info=True)
         return f"conversion failed: {type(exc).__name__}: {exc}"
@@ -750,6 +800,13 @@ def _init_worker(model: str, energy: str, smooth: int, f0_range: str) -> None:
     _WORKER["converter"] = VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth, f0_range=f0_range)
 
 
+def _segment_in_worker(samples: np.ndarray, direction: str, config: FeatureConfig) -> tuple[np.ndarray, dict[str, float]]:
+    """One chunk of a long file in a worker process: ``(converted segment, seconds per stage)``."""
+    converter: VoiceConverter = _WORKER["converter"]
+    converter.reset_timings()
+    return converter._convert_segment(samples, direction, config), dict(converter.timings)
+
+
 def _convert_in_worker(
     path: Path, target: Path, direction: str, f0: str | None, keep_rate: bool
 ) -> tuple[str | None, dict[str, float]]:
@@ -791,11 +848,13 @@ def convert(
             converter's setting, or 0 for a model loaded here.
         f0_range: ``"full"`` or ``"speaker"`` (see :class:`VoiceConverter`); ``None`` keeps a given
             converter's setting, or ``"full"`` for a model loaded here.
-        jobs: worker processes, one file each at a time, each with one torch thread (default: all
-            cores, but at most one per :data:`WORKER_AUDIO_SECONDS` of audio in the batch, since
-            starting a worker costs about as much as converting 15 s; 1: in this process). Used when
-            ``model`` is a path, there is more than one file and the model runs on the CPU; otherwise
-            the files are converted here, one by one.
+        jobs: worker processes, each with one torch thread (default: all cores, but at most one per
+            :data:`WORKER_AUDIO_SECONDS` of audio in the batch, since starting a worker costs about as
+            much as converting 15 s; 1: in this process). Files long enough to be converted in several
+            chunks come first, one at a time, their chunks converted by the workers (read, joined
+            and written here: the same output); then the others, a file per worker. Used when
+            ``model`` is a path, there is more than one file or chunk, and the model runs on the CPU;
+            otherwise the files are converted here, one by one.
             Workers are started with "spawn": a script that calls this must do so under
             ``if __name__ == "__main__":``.
         progress: show a progress bar (seconds of audio, with the running real-time factor; with
@@ -832,7 +891,10 @@ def convert(
     work = [path for path, _, problem in plan if problem is None]
     if jobs is None:  # all cores, but no more workers than minutes of audio: a worker's start costs seconds
         jobs = max(1, min(os.cpu_count() or 1, int(sum(seconds[p] for p in work) // WORKER_AUDIO_SECONDS)))
-    workers = min(jobs, len(work))
+    # a file converted in several chunks (longer than 1.5 chunks) can keep several workers busy
+    long = {p for p in work if seconds[p] > 1.5 * converter.chunk_seconds}
+    units = sum(math.ceil(seconds[p] / converter.chunk_seconds) if p in long else 1 for p in work)
+    workers = min(jobs, units)
     use_pool = workers > 1 and not isinstance(model, VoiceConverter) and converter.device.type == "cpu"
 
     problems: dict[int, str | None] = {}  # input index -> its problem, None when converted; filled as files finish
@@ -865,15 +927,32 @@ def convert(
                 bar.update(seconds[path])
                 finished(index, problem)
         todo = [(i, path, target) for i, (path, target, problem) in enumerate(plan) if problem is None]
+
+        def in_order(files: list[tuple[int, Path, Path]], pool: Executor | None = None) -> None:
+            """Files one after another, read, joined and written here (their chunks in ``pool``)."""
+            for index, path, target in files:
+                end_of_file = bar.n + seconds[path]
+
+                def advance(chunk_seconds: float, limit: float = end_of_file) -> None:
+                    bar.update(max(0.0, min(chunk_seconds, limit - bar.n)))
+
+                problem = _convert_one(converter, path, target, direction, f0, keep_rate, advance, pool, workers + 1)
+                advance(seconds[path])  # the rest of this file's share, also after a failure
+                finished(index, problem)
+
         if use_pool:
             pool = ProcessPoolExecutor(
                 workers, mp_context=get_context("spawn"), initializer=_init_worker,
                 initargs=(str(model), converter.energy, converter.smooth, converter.f0_range),
             )
             try:
-                futures = {
+                timings_before = dict(converter.timings)
+                in_order([item for item in todo if item[1] in long], pool)  # long files first, chunk by chunk
+                stages = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
+                futures = {  # then the others, a file per worker
                     pool.submit(_convert_in_worker, path, target, direction, f0, keep_rate): (i, path)
                     for i, path, target in todo
+                    if path not in long
                 }
                 for future in as_completed(futures):
                     index, path = futures[future]
@@ -888,15 +967,7 @@ def convert(
                 pool.shutdown(cancel_futures=True)
         else:
             timings_before = dict(converter.timings)
-            for index, path, target in todo:
-                end_of_file = bar.n + seconds[path]
-
-                def advance(chunk_seconds: float, limit: float = end_of_file) -> None:
-                    bar.update(max(0.0, min(chunk_seconds, limit - bar.n)))
-
-                problem = _convert_one(converter, path, target, direction, f0, keep_rate, advance)
-                advance(seconds[path])  # the rest of this file's share, also after a failure
-                finished(index, problem)
+            in_order(todo)
             stages = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
     report.wall_seconds = time.perf_counter() - start
     report.stage_seconds = stages
