@@ -25,6 +25,9 @@ by the recording's length, and a failed input never leaves a partial output behi
 
 Speed: the time goes to WORLD (pyworld), not to the network; see ``benchmarks/convert.py``.
 :attr:`VoiceConverter.timings` accumulates the seconds spent in analysis, network and synthesis.
+:func:`convert` with ``jobs`` uses worker processes: whole files, or the chunks of a long file (then
+at most ``workers + 1`` chunks are in flight, so memory stays bounded, and the joins are made in
+order in the calling process: the same output as without workers).
 """
 
 from __future__ import annotations
