@@ -448,9 +448,13 @@ class VoiceConverter:
 
     def _collect(self, chunk: Chunk, future: Future) -> tuple[Chunk, np.ndarray]:
         seg, timings = future.result()
+        self._add_timings(timings)
+        return chunk, seg
+
+    def _add_timings(self, timings: dict[str, float]) -> None:
+        """Add another process's seconds per stage to :attr:`timings`."""
         for stage, seconds in timings.items():
             self.timings[stage] += seconds
-        return chunk, seg
 
     def convert(
         self,
@@ -797,10 +801,15 @@ def _plan(files: list[tuple[Path, Path]], out: Path) -> list[tuple[Path, Path, s
 _WORKER: dict = {}
 
 
-def _init_worker(model: str, energy: str, smooth: int, f0_range: str) -> None:
+def load_in_worker(model: str, energy: str, smooth: int, f0_range: str) -> VoiceConverter:
+    """The model in a spawned worker process (of :func:`convert` or ``evaluate``): one torch thread, on the CPU."""
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    _WORKER["converter"] = VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth, f0_range=f0_range)
+    return VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth, f0_range=f0_range)
+
+
+def _init_worker(model: str, energy: str, smooth: int, f0_range: str) -> None:
+    _WORKER["converter"] = load_in_worker(model, energy, smooth, f0_range)
 
 
 def _segment_in_worker(samples: np.ndarray, direction: str, config: FeatureConfig) -> tuple[np.ndarray, dict[str, float]]:
@@ -901,7 +910,7 @@ def convert(
     use_pool = workers > 1 and not isinstance(model, VoiceConverter) and converter.device.type == "cpu"
 
     problems: dict[int, str | None] = {}  # input index -> its problem, None when converted; filled as files finish
-    stages = {k: 0.0 for k in converter.timings}
+    timings_before = dict(converter.timings)  # this process's and the workers' seconds per stage add up there
     start = time.perf_counter()
     bar = tqdm(
         total=sum(seconds.values()),
@@ -949,9 +958,7 @@ def convert(
                 initargs=(str(model), converter.energy, converter.smooth, converter.f0_range),
             )
             try:
-                timings_before = dict(converter.timings)
                 in_order([item for item in todo if item[1] in long], pool)  # long files first, chunk by chunk
-                stages = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
                 futures = {  # then the others, a file per worker
                     pool.submit(_convert_in_worker, path, target, direction, f0, keep_rate): (i, path)
                     for i, path, target in todo
@@ -960,8 +967,7 @@ def convert(
                 for future in as_completed(futures):
                     index, path = futures[future]
                     problem, timings = future.result()
-                    for stage, value in timings.items():
-                        stages[stage] = stages.get(stage, 0.0) + value
+                    converter._add_timings(timings)
                     bar.update(seconds[path])
                     finished(index, problem)
             except BrokenProcessPool as exc:  # not one file's fault: every pending file would fail alike
@@ -969,11 +975,9 @@ def convert(
             finally:  # also on an interrupt: files not yet started are not started
                 pool.shutdown(cancel_futures=True)
         else:
-            timings_before = dict(converter.timings)
             in_order(todo)
-            stages = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
     report.wall_seconds = time.perf_counter() - start
-    report.stage_seconds = stages
+    report.stage_seconds = {k: v - timings_before.get(k, 0.0) for k, v in converter.timings.items()}
     for index, (path, target, _) in enumerate(plan):
         if problems[index] is None:
             report.outputs.append(target)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -37,11 +36,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from .audio import AudioError, load_audio, save_audio
-from .conversion import VoiceConverter, load_converter
+from .conversion import VoiceConverter, load_converter, load_in_worker
 from .data.corpus import list_audio_files, match_parallel, utterance_id
 from .features import FeatureConfig, WorldFeatures, analyze, analyze_envelope, synthesize
 from .metrics import Evaluator, conventions, mean_variance_convert
@@ -168,9 +166,7 @@ def _init_worker(
     model: str, speaker_similarity: bool, naturalness: bool, energy: str = "generator", smooth: int = 0,
     f0_range: str = "full",
 ) -> None:
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    converter = VoiceConverter.load(model, device="cpu", energy=energy, smooth=smooth, f0_range=f0_range)
+    converter = load_in_worker(model, energy, smooth, f0_range)
     _WORKER["converter"] = converter
     _WORKER["evaluator"] = Evaluator(converter.features, speaker_similarity=speaker_similarity, naturalness=naturalness)
 
