@@ -130,6 +130,49 @@ def test_compiled_train_step_matches_the_reference_iteration_across_the_identity
     torch._dynamo.reset()
 
 
+def test_bf16_autocast_step_matches_the_reference_in_bf16_and_keeps_fp32_state(caplog):
+    """training.amp on the CPU (the code path of bf16 on CUDA): the fast step and the reference step,
+    both under autocast, agree within bf16 rounding; an fp32 step from the same state differs (autocast
+    is really on) by bf16's size; parameters, gradients and Adam's moments stay fp32. Measured here:
+    losses equal, a parameter's gradient <= 1.0e-2 relative to the bf16 reference's; fp32 against bf16,
+    losses <= 5.6e-2 and all gradients together 0.11 (the generators' cycle L1 gradient is a sign)."""
+    overrides = ["training.identity_steps=2", "training.iterations=8", "training.lr_decay_start=3", "training.batch_size=2"]
+    config = load_config("debug", [*overrides, "training.amp=true"])
+    reference, fast, full = Trainer(config), Trainer(config), Trainer(load_config("debug", overrides))
+    assert reference.amp and fast.amp and not full.amp
+    # a CPU without native bf16 says that autocast will be slow there
+    assert ("emulated" in caplog.text) == (not torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    generator = torch.Generator().manual_seed(0)
+    bf16_effect = 0.0
+    for step in range(3):  # identity loss in steps 0-1, not in 2
+        for other in (fast, full):
+            for role in ROLES:
+                other.networks[role].load_state_dict(reference.networks[role].state_dict())
+                other.optimizers[role].load_state_dict(copy.deepcopy(reference.optimizers[role].state_dict()))
+        x, y = crops(config, generator)
+        with gemm_convolutions(False):
+            expected = reference_train_step(reference, x, y)
+        got, fp32 = fast.train_step(x, y), full.train_step(x, y)
+        for key in expected:
+            assert got[key].dtype == torch.float32 and torch.isfinite(got[key]), key
+            assert float(got[key]) == pytest.approx(float(expected[key]), rel=2e-3, abs=1e-6), (step, key)
+            if float(expected[key]):
+                bf16_effect = max(bf16_effect, abs(float(fp32[key]) / float(expected[key]) - 1))
+        squared_error = squared_norm = 0.0
+        for role in ROLES:
+            params = zip(reference.networks[role].named_parameters(), fast.networks[role].parameters(), full.networks[role].parameters())
+            for (name, p), q, r in params:
+                assert p.dtype == q.dtype == q.grad.dtype == torch.float32, f"{role}.{name}"
+                error = float((q.grad - p.grad).norm() / p.grad.norm().clamp_min(1e-12))
+                assert error <= 5e-2, f"gradient of {role}.{name}: relative L2 error {error:.2e}"
+                moments = fast.optimizers[role].state[q]
+                assert moments["exp_avg"].dtype == moments["exp_avg_sq"].dtype == torch.float32
+                squared_error += float((r.grad - p.grad).square().sum())
+                squared_norm += float(r.grad.square().sum())
+        assert 1e-3 < (squared_error / squared_norm) ** 0.5 < 0.3, step  # bf16's effect, all gradients together
+    assert 1e-4 < bf16_effect < 0.15
+
+
 def test_each_generator_output_is_computed_once_and_independent_passes_share_a_call():
     config = load_config("debug", ["training.identity_steps=1"])
     trainer = Trainer(config)

@@ -331,6 +331,18 @@ def test_train_writes_a_run_directory_and_resume_continues_it(tiny_prepared, tmp
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["iterations"] == 16
 
 
+def test_train_with_bf16_autocast_validates_and_exports(tiny_prepared, tmp_path):
+    run = tmp_path / "run"
+    summary = train(tiny_prepared, run, preset="debug", iterations=4, device="cpu", progress=False,
+                    overrides=["training.amp=true", "training.validation_interval=2"])
+    assert (summary.step, summary.stopped) == (4, "completed")
+    history = json.loads((run / "validation.json").read_text())
+    assert [h["step"] for h in history] == [2, 4]
+    assert all(np.isfinite([h["mcd_A2B"], h["mcd_B2A"], h["score"]]).all() for h in history)
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["amp"] is True
+    assert load_model(run / "model_latest.safetensors").step == 4
+
+
 def test_a_time_budget_stops_cleanly(tiny_prepared, tmp_path):
     run = tmp_path / "run"
     summary = train(tiny_prepared, run, preset="debug", iterations=1000, minutes=1e-4, device="cpu", progress=False)

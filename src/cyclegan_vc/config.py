@@ -107,7 +107,7 @@ class TrainingConfig:
     validation_utterances: int = 2  # held-out utterances converted per direction
     checkpoint_interval: int = 5_000  # iterations between state_latest / model_latest saves
     milestone_interval: int = 100_000  # iterations between kept state_XXXXXXXX copies; 0 = none
-    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    amp: bool = False  # bf16 autocast (CUDA, CPU); fp32 parameters, gradients, losses and Adam
     # torch.compile of the networks in the training step: "none" (eager), "default", "reduce-overhead"
     # (CUDA graphs on CUDA), "max-autotune"; the same computation, with plain convolutions inside.
     compile: str = "none"

@@ -394,9 +394,14 @@ class Trainer:
         if t.compile != "none":
             mode = None if t.compile == "default" else t.compile
             self.calls = {role: torch.compile(net, mode=mode, dynamic=False) for role, net in self.networks.items()}
-        self.amp = bool(t.amp and self.device.type == "cuda")
+        self.amp = bool(t.amp and self.device.type in ("cpu", "cuda"))
         if t.amp and not self.amp:
-            log.warning("training.amp is on but the device is %s: bf16 autocast applies to CUDA only; running fp32", self.device)
+            log.warning("training.amp is on but the device is %s: bf16 autocast applies to CPU and CUDA; running fp32", self.device)
+        elif self.amp and self.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            log.warning(
+                "training.amp on a CPU without native bf16 (AVX512-BF16 or AMX): the bf16 products are emulated, "
+                "several times slower than fp32 (6x for `paper` on an AVX2 machine); use it there to check numerics"
+            )
         self._reference_mc: dict[str, Any] = {}
         self._apply_schedule()
 
@@ -440,7 +445,10 @@ class Trainer:
                 avg.copy_(b)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        """bf16 autocast on the trainer's device with ``training.amp`` (the networks' products in bf16;
+        parameters, gradients, losses and Adam stay fp32; under autocast the GEMM convolutions are
+        PyTorch's own), else nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
     # -- one iteration ----------------------------------------------------------------------------
     def train_step(self, real_a: torch.Tensor | None = None, real_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
