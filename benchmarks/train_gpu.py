@@ -21,11 +21,16 @@ in-memory ``CropSampler`` as in training (host to device copy included).
 
 The effect of each variant on the numbers: ``--check-steps`` iterations where the variant starts
 from the ``eager`` trainer's exact state (weights and Adam moments) and sees the same crops; printed
-are the largest relative difference of its losses from eager's and the largest relative L2 difference
-of a parameter's gradient (fp32 variants differ by float rounding only; bf16 by its 8-bit mantissa).
+are the largest relative difference of the two total losses (generator, discriminator) from eager's
+(``loss diff``; every loss's on a line of its own, beside eager's value: a term near 0 has large
+relative differences), the largest relative L2 difference of one parameter's gradient (``grad diff``)
+and that of all gradients together (``grads all``), each the worst over the steps (fp32 variants differ
+by float rounding only; bf16 by its 8-bit mantissa).
 
 With ``--device cpu`` (and a small preset: ``--preset debug``) the script runs on the CPU, to check it
-where no GPU is at hand; its times there say nothing about a GPU.
+where no GPU is at hand; its times there say nothing about a GPU. ``bf16`` there is CPU autocast: its
+loss and gradient differences measure bf16's rounding of the same products (``--preset paper --batch 1
+--variants eager bf16 --iterations 1``), but on a CPU without native bf16 it runs far slower (30x for ``paper``).
 
 Each row is printed as soon as it is measured, and a variant that fails (for instance CUDA graphs
 with this step's two backward passes, never run on a GPU so far) prints ``failed:`` with the error
@@ -82,10 +87,12 @@ def timed(trainer: Trainer, sampler: CropSampler, iterations: int) -> float:
     return (time.perf_counter() - start) / iterations
 
 
-def differences(eager: Trainer, other: Trainer, sampler: CropSampler, steps: int) -> tuple[float, float]:
-    """Largest relative loss difference and largest relative L2 gradient difference over ``steps``
-    iterations that ``other`` starts from ``eager``'s exact state, on the same crops."""
-    loss_error = grad_error = 0.0
+def differences(eager: Trainer, other: Trainer, sampler: CropSampler, steps: int) -> tuple[dict[str, tuple[float, float]], float, float]:
+    """Over ``steps`` iterations that ``other`` starts from ``eager``'s exact state, on the same crops:
+    for each loss, its largest relative difference and eager's value there; the largest relative L2
+    difference of one parameter's gradient; and that of all gradients together."""
+    losses: dict[str, tuple[float, float]] = {}
+    grad_error = total_error = 0.0
     for _ in range(steps):
         for role in ROLES:
             other.networks[role].load_state_dict(eager.networks[role].state_dict())
@@ -96,12 +103,19 @@ def differences(eager: Trainer, other: Trainer, sampler: CropSampler, steps: int
         expected, got = eager.train_step(x, y), other.train_step(x, y)
         for key, value in expected.items():
             if float(value) != 0:
-                loss_error = max(loss_error, abs(float(got[key]) / float(value) - 1))
+                error = abs(float(got[key]) / float(value) - 1)
+                if error >= losses.get(key, (-1.0, 0.0))[0]:
+                    losses[key] = (error, float(value))
+        squared_error = squared_norm = 0.0
         for role in ROLES:
             for p, q in zip(eager.networks[role].parameters(), other.networks[role].parameters()):
                 if p.grad is not None and q.grad is not None:
-                    grad_error = max(grad_error, float((q.grad - p.grad).norm() / p.grad.norm().clamp_min(1e-12)))
-    return loss_error, grad_error
+                    difference = float((q.grad - p.grad).norm())
+                    grad_error = max(grad_error, difference / float(p.grad.norm().clamp_min(1e-12)))
+                    squared_error += difference**2
+                    squared_norm += float(p.grad.norm()) ** 2
+        total_error = max(total_error, (squared_error / max(squared_norm, 1e-24)) ** 0.5)
+    return losses, grad_error, total_error
 
 
 def measure(
@@ -110,27 +124,32 @@ def measure(
     """Time one variant (both phases) and compare it with ``eager``; returns its table row (after the
     variant's name) and whether it is the eager reference."""
     sampler = CropSampler(features, config.training.crop_frames, batch, seed=0)
-    rates, warm = {}, 0.0
+    rates, warm, details = {}, 0.0, ""
     for phase, step in (("identity", 0), ("no-identity", config.training.identity_steps)):
         trainer.step = step
         trainer._apply_schedule()
         warm += 3 * timed(trainer, sampler, 3)  # compilation, CUDA graph capture, cuDNN autotuning
         trainer.step = step
         rates[phase] = 1 / timed(trainer, sampler, args.iterations)
-    total = config.training.identity_steps / rates["identity"] + (
+    run_seconds = config.training.identity_steps / rates["identity"] + (
         config.training.iterations - config.training.identity_steps) / rates["no-identity"]
     if name == "eager":
-        loss_diff = grad_diff = "-"
+        loss_diff = grad_diff = total_diff = "-"
     elif eager is not None:
         eager.step = trainer.step = 0
         eager._apply_schedule()
         check = CropSampler(features, config.training.crop_frames, batch, seed=1)
-        loss, grad = differences(eager, trainer, check, args.check_steps)
-        loss_diff, grad_diff = f"{loss:.1e}", f"{grad:.1e}"
+        losses, grad, grads = differences(eager, trainer, check, args.check_steps)
+        totals = [losses[key][0] for key in ("generator", "discriminator") if key in losses]
+        loss_diff = f"{max(totals):.1e}" if totals else "-"
+        grad_diff, total_diff = f"{grad:.1e}", f"{grads:.1e}"
+        details = ", ".join(f"{key} {error:.1e} (of {value:.3g})" for key, (error, value) in losses.items())
     else:
-        loss_diff = grad_diff = "n/a"
-    row = (f"{warm:>10.1f}{rates['identity']:>9.2f}{rates['no-identity']:>8.2f}{total / 3600:>8.2f}"
-           f"{loss_diff:>11}{grad_diff:>11}")
+        loss_diff = grad_diff = total_diff = "n/a"
+    row = (f"{warm:>10.1f}{rates['identity']:>9.2f}{rates['no-identity']:>8.2f}{run_seconds / 3600:>8.2f}"
+           f"{loss_diff:>11}{grad_diff:>11}{total_diff:>11}")
+    if details:
+        row += f"\n{'':>4}{name} against eager, each loss's largest relative difference (of eager's value): {details}"
     return row, name == "eager"
 
 
@@ -150,7 +169,7 @@ def main() -> None:
         print(f"device {torch.cuda.get_device_name(device)}; TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, "
               f"cuDNN {torch.backends.cudnn.allow_tf32}; cuDNN benchmark {torch.backends.cudnn.benchmark}")
     print(f"{'N':>3} {'variant':<13}{'warm-up s':>10}{'it/s id':>9}{'it/s':>8}{'run h':>8}"
-          f"{'loss diff':>11}{'grad diff':>11}", flush=True)
+          f"{'loss diff':>11}{'grad diff':>11}{'grads all':>11}", flush=True)
     for batch in args.batch:
         base = load_config(args.preset, [f"training.batch_size={batch}"])
         dim = base.model.generator_kwargs.get("in_channels", 24)

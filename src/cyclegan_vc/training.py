@@ -400,7 +400,7 @@ class Trainer:
         elif self.amp and self.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             log.warning(
                 "training.amp on a CPU without native bf16 (AVX512-BF16 or AMX): the bf16 products are emulated, "
-                "several times slower than fp32 (6x for `paper` on an AVX2 machine); use it there to check numerics"
+                "far slower than fp32 (30x for `paper` on an AVX2 machine); use it there to check numerics"
             )
         self._reference_mc: dict[str, Any] = {}
         self._apply_schedule()
