@@ -41,7 +41,6 @@ measured. Variants run in the order given: put the ones that matter most first.
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 import warnings
@@ -94,11 +93,7 @@ def differences(eager: Trainer, other: Trainer, sampler: CropSampler, steps: int
     losses: dict[str, tuple[float, float]] = {}
     grad_error = total_error = 0.0
     for _ in range(steps):
-        for role in ROLES:
-            other.networks[role].load_state_dict(eager.networks[role].state_dict())
-            other.optimizers[role].load_state_dict(copy.deepcopy(eager.optimizers[role].state_dict()))
-        other.step = eager.step
-        other._apply_schedule()
+        other.copy_state_from(eager)
         x, y = sampler.sample("A"), sampler.sample("B")
         expected, got = eager.train_step(x, y), other.train_step(x, y)
         for key, value in expected.items():

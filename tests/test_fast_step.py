@@ -22,7 +22,6 @@ Measured over the three configurations below: losses <= 3e-6, gradients <= 3e-5 
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -64,10 +63,7 @@ def one_iteration_from_the_reference_state(reference: Trainer, other: Trainer, c
     """``other`` gets ``reference``'s weights and Adam state, then both run one iteration on the same
     crops (the reference with ``torch.nn`` convolutions); ``other``'s losses must equal the reference's.
     Returns ``other``'s losses."""
-    for role in ROLES:
-        other.networks[role].load_state_dict(reference.networks[role].state_dict())
-        # a deep copy: load_state_dict keeps the saved tensors when their device and dtype fit
-        other.optimizers[role].load_state_dict(copy.deepcopy(reference.optimizers[role].state_dict()))
+    other.copy_state_from(reference)
     x, y = crops(config, generator)
     with gemm_convolutions(False):
         expected = reference_train_step(reference, x, y)
@@ -145,10 +141,8 @@ def test_bf16_autocast_step_matches_the_reference_in_bf16_and_keeps_fp32_state(c
     generator = torch.Generator().manual_seed(0)
     bf16_effect = 0.0
     for step in range(3):  # identity loss in steps 0-1, not in 2
-        for other in (fast, full):
-            for role in ROLES:
-                other.networks[role].load_state_dict(reference.networks[role].state_dict())
-                other.optimizers[role].load_state_dict(copy.deepcopy(reference.optimizers[role].state_dict()))
+        fast.copy_state_from(reference)
+        full.copy_state_from(reference)
         x, y = crops(config, generator)
         with gemm_convolutions(False):
             expected = reference_train_step(reference, x, y)

@@ -421,6 +421,17 @@ class Trainer:
         """Current learning rate of each optimiser, by role."""
         return {role: float(opt.param_groups[0]["lr"]) for role, opt in self.optimizers.items()}
 
+    def copy_state_from(self, other: "Trainer") -> None:
+        """Take ``other``'s training state: the four networks' weights, their Adam states (copies, not
+        shared tensors), the step and its learning rates; to run two trainers' iterations from one state
+        (the equivalence tests, ``benchmarks/train_gpu.py``). Weight averages and samplers are not copied."""
+        for role in ROLES:
+            self.networks[role].load_state_dict(other.networks[role].state_dict())
+            # a deep copy: load_state_dict keeps the given tensors when their device and dtype fit
+            self.optimizers[role].load_state_dict(copy.deepcopy(other.optimizers[role].state_dict()))
+        self.step = other.step
+        self._apply_schedule()
+
     @property
     def uses_identity(self) -> bool:
         """Whether the next iteration includes the identity-mapping loss (``step < identity_steps``)."""
