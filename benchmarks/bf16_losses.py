@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from _common import hardware  # noqa: E402
 
 from cyclegan_vc.config import load_config  # noqa: E402
