@@ -15,7 +15,7 @@ Three trainers start from the same initial weights:
 For each: every loss's mean over the last ``--window`` iterations, and the held-out validation of
 ``Trainer.validate`` at the end (MCD in dB of both directions, the training's model-selection score;
 the first ``--eval-pairs`` parallel eval pairs). On a CPU without native bf16 the bf16 run is
-emulated and far slower (30x for ``paper``, 6x for ``small`` here); on a GPU run it at the paper's
+emulated and far slower (here 30x for ``paper``, 9.5x for ``small``); on a GPU run it at the paper's
 scale: ``--preset paper --iterations 20000 --device cuda``.
 """
 
