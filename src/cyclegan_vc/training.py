@@ -85,6 +85,7 @@ __all__ = [
     "TrainSummary",
     "Trainer",
     "TrainingData",
+    "cpu_has_native_bf16",
     "lr_factor",
     "reference_train_step",
     "resolve_device",
@@ -107,6 +108,13 @@ def lr_factor(step: int, decay_start: int, total: int) -> float:
     if total <= decay_start or step <= decay_start:
         return 1.0
     return max(0.0, (total - step) / (total - decay_start))
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 products natively (AVX512-BF16 or AMX, as oneDNN reports it);
+    False where this torch build cannot tell."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -397,7 +405,7 @@ class Trainer:
         self.amp = bool(t.amp and self.device.type in ("cpu", "cuda"))
         if t.amp and not self.amp:
             log.warning("training.amp is on but the device is %s: bf16 autocast applies to CPU and CUDA; running fp32", self.device)
-        elif self.amp and self.device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        elif self.amp and self.device.type == "cpu" and not cpu_has_native_bf16():
             log.warning(
                 "training.amp on a CPU without native bf16 (AVX512-BF16 or AMX): the bf16 products are emulated, "
                 "far slower than fp32 (30x for `paper` on an AVX2 machine); use it there to check numerics"
