@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, JSON I/O, and the error of a broken worker pool."""
+"""Small shared helpers: atomic file writes, JSON I/O, and the errors every stage raises (user mistakes, broken worker pools)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["WorkersDied", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_save_npz", "read_json"]
+__all__ = ["UserError", "WorkersDied", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_save_npz", "read_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -25,11 +25,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _file_mode())  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -49,6 +57,12 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for (a path, a flag, a folder's contents): the command line
+    prints its message on one line and exits with status 2. Anything else that goes wrong is a fault
+    of the toolkit or the machine and is reported as such."""
 
 
 class WorkersDied(RuntimeError):
