@@ -266,8 +266,8 @@ def test_paper_preset_parameter_counts(record_property):
 def test_registry_rejects_unknown_names_and_arguments():
     with pytest.raises(ValueError, match=r"unknown generator 'unet'.*cyclegan_vc"):
         build_generator("unet")
-    with pytest.raises(ValueError, match=r"unknown discriminator 'patchgan'.*cyclegan_vc"):
-        build_discriminator("patchgan")
+    with pytest.raises(ValueError, match=r"unknown discriminator 'multiscale'.*cyclegan_vc"):
+        build_discriminator("multiscale")
     with pytest.raises(ValueError, match=r"unknown generator argument\(s\) \['channels'\].*base_channels"):
         build_generator("cyclegan_vc", channels=64)
     with pytest.raises(ValueError, match=r"unknown discriminator argument\(s\) \['dropout'\].*head"):

@@ -9,7 +9,8 @@ A configuration has two sections:
 Feature settings are not part of it: they come from the prepared data and travel with the exported
 model. The defaults of these dataclasses are the paper's recipe, and the ``paper`` preset equals them.
 Presets are YAML files shipped inside the package (``cyclegan_vc/configs/<name>.yaml``: ``paper``,
-``small``, ``debug``); :func:`load_config` also takes the path of any YAML file of the same form.
+``small``, ``debug``; CycleGAN-VC2 ``vc2``, ``vc2-small``; MaskCycleGAN-VC ``mask``, ``mask-small``);
+:func:`load_config` also takes the path of any YAML file of the same form.
 
 YAML is read with ``yaml.safe_load``. A file may give only some keys: dataclass sections are merged
 key by key onto the defaults, while a ``*_kwargs`` mapping replaces the default one as a whole (missing
@@ -49,7 +50,7 @@ __all__ = [
     "save_config",
 ]
 
-PRESETS = ("paper", "small", "debug")
+PRESETS = ("paper", "small", "debug", "vc2", "vc2-small", "mask", "mask-small")
 SHORT_UTTERANCE_POLICIES = ("pad", "skip")
 #: ``training.compile``: ``"none"`` (eager), or a ``torch.compile`` mode for the four networks' calls in
 #: the training step (``"reduce-overhead"`` adds CUDA graphs on CUDA).
@@ -114,6 +115,12 @@ class TrainingConfig:
     # Deviation (0 = the paper): validate and export an exponential moving average of the generators'
     # weights, ``ema = decay * ema + (1 - decay) * weights`` after every iteration (training is unchanged).
     generator_ema: float = 0.0
+    # CycleGAN-VC2: a second pair of discriminators judges the cycle-reconstructed features (two-step
+    # adversarial loss); the CycleGAN-VC recipe has none.
+    two_step_adversarial: bool = False
+    # MaskCycleGAN-VC filling in frames: each training source crop gets a run of 0..mask_frames zeroed
+    # frames, given to the generator as a mask channel; 0 = no masking. Needs model.generator maskcyclegan_vc.
+    mask_frames: int = 0
 
 
 @dataclass
@@ -156,6 +163,13 @@ class Config:
             problems.append(f"training.generator_ema must lie in [0, 1) (0 = off), got {t.generator_ema}")
         if t.compile not in COMPILE_MODES:
             problems.append(f"training.compile must be one of {COMPILE_MODES}, got {t.compile!r}")
+        if not 0 <= t.mask_frames < t.crop_frames:
+            problems.append(f"training.mask_frames must lie in [0, crop_frames) = [0, {t.crop_frames}), got {t.mask_frames}")
+        if (t.mask_frames > 0) != (m.generator == "maskcyclegan_vc"):
+            problems.append(
+                f"training.mask_frames > 0 (filling in frames) goes with model.generator maskcyclegan_vc and "
+                f"that generator with mask_frames > 0; got mask_frames {t.mask_frames} and generator {m.generator!r}"
+            )
         if t.short_utterances not in SHORT_UTTERANCE_POLICIES:
             problems.append(f"training.short_utterances must be one of {SHORT_UTTERANCE_POLICIES}, got {t.short_utterances!r}")
         try:
@@ -169,7 +183,7 @@ class Config:
                     f"model.discriminator_kwargs.in_height ({dis.get('in_height')}) must equal "
                     f"model.generator_kwargs.in_channels ({gen.get('in_channels')})"
                 )
-            if dis.get("head") != "patch" and dis.get("in_frames") != t.crop_frames:
+            if "in_frames" in dis and dis.get("head") != "patch" and dis.get("in_frames") != t.crop_frames:
                 problems.append(
                     f"model.discriminator_kwargs.in_frames ({dis.get('in_frames')}) must equal training.crop_frames "
                     f"({t.crop_frames}) with a fully connected discriminator head"

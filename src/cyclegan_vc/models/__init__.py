@@ -27,6 +27,8 @@ from .layers import (
     icnr_,
     pixel_shuffle_1d,
 )
+from .patchgan import PatchGANDiscriminator
+from .vc2 import CycleGANVC2Generator, GatedUpsample2d, MaskCycleGANVCGenerator, pixel_shuffle_2d
 
 __all__ = [
     "DISCRIMINATORS",
@@ -51,10 +53,22 @@ __all__ = [
     "glu",
     "icnr_",
     "pixel_shuffle_1d",
+    "CycleGANVC2Generator",
+    "GatedUpsample2d",
+    "MaskCycleGANVCGenerator",
+    "PatchGANDiscriminator",
+    "pixel_shuffle_2d",
 ]
 
-GENERATORS: dict[str, type[nn.Module]] = {"cyclegan_vc": CycleGANVCGenerator}
-DISCRIMINATORS: dict[str, type[nn.Module]] = {"cyclegan_vc": CycleGANVCDiscriminator}
+GENERATORS: dict[str, type[nn.Module]] = {
+    "cyclegan_vc": CycleGANVCGenerator,
+    "cyclegan_vc2": CycleGANVC2Generator,
+    "maskcyclegan_vc": MaskCycleGANVCGenerator,
+}
+DISCRIMINATORS: dict[str, type[nn.Module]] = {
+    "cyclegan_vc": CycleGANVCDiscriminator,
+    "patchgan": PatchGANDiscriminator,
+}
 
 
 def _lookup(registry: dict[str, type[nn.Module]], kind: str, name: str) -> type[nn.Module]:
