@@ -209,7 +209,7 @@ def main() -> None:
         results = {}
         for method in ("harvest", "dio"):
             for f0_range in ("full", "speaker"):
-                vc.f0_range = f0_range
+                vc.options = vc.options.replace(f0_range=f0_range)
                 for label, (wave, repeats) in inputs.items():
                     seconds = len(wave) / features.sample_rate
                     t = results[method, f0_range, label] = {
@@ -219,7 +219,7 @@ def main() -> None:
                         f"  {method:<8}{f0_range:<9}{label:>7}{t['total']:8.3f}{t['analysis']:10.3f}"
                         f"{t['network']:9.3f}{t['synthesis']:11.3f}{t['other']:7.3f}{t['cpu']:7.3f}"
                     )
-        vc.f0_range = "full"
+        vc.options = vc.options.replace(f0_range="full")
         short_label = next(iter(inputs))
         for method, goal in (("harvest", 0.15), ("dio", 0.05)):
             for f0_range in ("full", "speaker"):

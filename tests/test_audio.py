@@ -1,8 +1,23 @@
+"""Audio input and output: every format in, resampling, validation, atomic writes, and the streamed reads and writes."""
+
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
 
-from cyclegan_vc.audio import LIMIT_THRESHOLD, AudioError, limit_peaks, load_audio, resample, save_audio, to_mono
+from cyclegan_vc.audio import (
+    LIMIT_THRESHOLD,
+    AudioError,
+    AudioStream,
+    limit_peaks,
+    load_audio,
+    resample,
+    resample_stream,
+    save_audio,
+    to_mono,
+    write_wav_stream,
+)
 
 
 def tone(freq=220.0, rate=16000, seconds=0.5, amp=0.5):
@@ -118,3 +133,70 @@ def test_limit_peaks_bends_overshoot_instead_of_clipping(tmp_path):
     saved, _ = load_audio(save_audio(tmp_path / "loud.wav", loud, 16000))
     np.testing.assert_allclose(saved, limit_peaks(loud), atol=1 / 32768)
     assert 0.95 < saved.max() < 1.0
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path):
+    """Both writers go through utils.atomic_write: the output is readable as a plain ``open()`` would
+    make it (0666 less the umask), not the temporary file's private 0600."""
+    saved = save_audio(tmp_path / "saved.wav", tone(), 16000)
+    streamed = write_wav_stream(tmp_path / "streamed.wav", [tone()], 16000)
+    for path in (saved, streamed):
+        assert path.stat().st_mode & 0o777 == _umask_mode(), path.name
+
+
+def test_a_stream_reads_validates_and_resamples_like_a_whole_load(tmp_path):
+    wave = tone(440.0, 44100, 2.5) + 0.1 * tone(3000.0, 44100, 2.5)
+    path = tmp_path / "x.wav"
+    sf.write(path, np.stack([wave, 0.5 * wave], axis=1), 44100, subtype="FLOAT")
+    stream = AudioStream(path)
+    assert (stream.rate, stream.frames) == (44100, len(wave))
+    whole, _ = load_audio(path, None)
+    np.testing.assert_array_equal(np.concatenate(list(stream.blocks(44100))), whole)
+    # streamed resampling, in blocks of any size, gives the one-shot samples
+    blocks = np.array_split(whole, [1000, 1001, 50000])
+    streamed = np.concatenate(list(resample_stream(blocks, 44100, 16000)))
+    np.testing.assert_allclose(streamed, resample(whole, 44100, 16000), atol=1e-9)
+    np.testing.assert_allclose(np.concatenate(list(stream.blocks(16000))), load_audio(path, 16000)[0], atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "make,problem",
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("this is not audio at all\n" * 20), "not a readable audio file"),
+        (lambda p: sf.write(p, np.array([0.1, np.nan] * 4000), 16000, subtype="FLOAT"), "non-finite"),
+        (lambda p: sf.write(p, np.zeros(16000), 16000), "all silent"),
+        (lambda p: sf.write(p, tone(seconds=0.02), 16000), "too short"),
+    ],
+    ids=["missing", "empty", "not-audio", "nan", "silent", "too-short"],
+)
+def test_a_stream_refuses_a_bad_file_before_any_block_is_read(tmp_path, make, problem):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(AudioError, match=problem) as err:
+        AudioStream(path)
+    assert str(path) in str(err.value)
+
+
+def test_a_streamed_write_pads_or_trims_and_leaves_nothing_when_it_fails(tmp_path):
+    path = write_wav_stream(tmp_path / "out" / "a.wav", [tone()[:3000], tone()[3000:5000]], 16000, n_samples=6000)
+    data, rate = sf.read(str(path))
+    assert rate == 16000 and len(data) == 6000 and not data[5000:].any()
+    np.testing.assert_allclose(data[:5000], tone()[:5000], atol=1 / 32768)
+    assert len(sf.read(str(write_wav_stream(tmp_path / "b.wav", [tone()], 16000, n_samples=100)))[0]) == 100
+
+    def failing():
+        yield tone()
+        raise RuntimeError("the converter failed half-way")
+
+    path.write_bytes(b"previous result")
+    with pytest.raises(RuntimeError, match="half-way"):
+        write_wav_stream(path, failing(), 16000)
+    assert path.read_bytes() == b"previous result" and [p.name for p in path.parent.iterdir()] == ["a.wav"]

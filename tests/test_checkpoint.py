@@ -141,8 +141,6 @@ def test_conversion_model_round_trip(tmp_path):
             assert k == k2 and torch.equal(v, v2)
         with torch.no_grad():
             torch.testing.assert_close(net(x), original["generators"][role].eval()(x), rtol=0, atol=0)
-    # conversion de-normalises with the target's statistics: a (T, D) array in, (T, D) out
-    assert model.convert_mcep(np.zeros((12, 24)), "A2B").shape == (12, 24)
     # a run directory resolves to model_latest, else model_best
     run = tmp_path / "run"
     run.mkdir()

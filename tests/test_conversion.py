@@ -1,4 +1,4 @@
-"""Conversion of new recordings: the Python API, the file helper, batch conversion and the CLI.
+"""Conversion of new recordings: the Python API, its options, files, batches, worker processes and the CLI.
 
 A tiny model is built once per module: two debug-size generators (random weights, seeded) with
 speaker statistics of real VCC 2016 speech (SF1 as A, TM3 as B; three utterances each, dio),
@@ -8,7 +8,11 @@ one test converts with harvest.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -23,19 +27,19 @@ from cyclegan_vc.audio import AudioError, limit_peaks, load_audio, save_audio
 from cyclegan_vc.checkpoint import export_model
 from cyclegan_vc.config import load_config
 from cyclegan_vc.conversion import (
-    ENERGY_MODES,
-    F0_RANGES,
     ConversionReport,
     VoiceConverter,
     convert,
-    expand_inputs,
     load_converter,
+    load_in_worker,
     plan_chunks,
     smooth_frames,
 )
 from cyclegan_vc.features import FeatureConfig, analyze
 from cyclegan_vc.models import build_generator
+from cyclegan_vc.options import ENERGY_MODES, F0_RANGES, ConversionOptions
 from cyclegan_vc.stats import compute_stats, denormalize, f0_search_range, normalize
+from cyclegan_vc.utils import UserError
 
 RATE = 16000
 
@@ -137,15 +141,35 @@ def test_convert_mcep_pads_to_a_multiple_of_4_and_trims_back(vc, speech):
     np.testing.assert_allclose(out, vc.convert_mcep(padded, "A2B")[:101], atol=1e-5)
 
 
-def test_the_cli_offers_exactly_the_converters_energy_modes_and_f0_ranges():
-    assert cli.ENERGY_CHOICES == ENERGY_MODES and cli.DEFAULT_ENERGY in ENERGY_MODES
-    assert cli.F0_RANGE_CHOICES == F0_RANGES
+def test_the_cli_builds_one_conversion_options_record_with_the_converters_choices():
+    parser = cli.build_parser()
+    for command in (["convert", "x", "--model", "m", "--out", "o"], ["demo"]):
+        args = parser.parse_args(command)
+        assert cli._conversion_options(args) == ConversionOptions()  # the defaults are the paper's
+        args = parser.parse_args(command + ["--energy", "source", "--smooth", "2", "--f0-range", "speaker"])
+        assert cli._conversion_options(args, f0_method="dio") == ConversionOptions("source", 2, "speaker", "dio")
+    for energy, f0_range in zip(ENERGY_MODES, F0_RANGES):  # every value the options take is offered
+        args = parser.parse_args(["demo", "--energy", energy, "--f0-range", f0_range])
+        assert cli._conversion_options(args) == ConversionOptions(energy=energy, f0_range=f0_range)
+    args.energy = "loudest"  # a value argparse did not vet is a user's mistake, in one line
+    with pytest.raises(UserError, match="energy must be one of"):
+        cli._conversion_options(args)
+
+
+def test_options_are_one_validated_record(model_path, vc):
+    assert vc.options == ConversionOptions() and (vc.energy, vc.smooth, vc.f0_range) == ("generator", 0, "full")
+    with pytest.raises(TypeError, match="ConversionOptions"):
+        VoiceConverter(vc.generators, vc.stats, vc.features, options="source")
+    with pytest.raises(AttributeError):
+        vc.smooth = 2  # read-only views: the truth is vc.options
+    converter = load_converter(model_path, "cpu", ConversionOptions(energy="source", smooth=1))
+    assert converter.options == ConversionOptions(energy="source", smooth=1) and converter.step == 0
 
 
 def test_speaker_f0_range_searches_the_source_speakers_range_in_each_direction(model_path, vc, speech, monkeypatch):
-    import cyclegan_vc.conversion as conversion
+    from cyclegan_vc.conversion import converter as module
 
-    speaker = VoiceConverter.load(model_path, device="cpu", f0_range="speaker")
+    speaker = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(f0_range="speaker"))
     floor, ceil = vc.features.f0_floor, vc.features.f0_ceil
     assert vc.f0_search_range("A2B") == (floor, ceil)
     for direction, role in (("A2B", "A"), ("B2A", "B")):
@@ -153,21 +177,21 @@ def test_speaker_f0_range_searches_the_source_speakers_range_in_each_direction(m
     a2b, b2a = speaker.f0_search_range("A2B"), speaker.f0_search_range("B2A")
     assert floor <= b2a[0] < a2b[0] and b2a[1] < a2b[1] <= ceil  # TM3 (male) below SF1 (female)
     seen = []
-    real = conversion.analyze
-    monkeypatch.setattr(conversion, "analyze", lambda *a, **k: seen.append(k.get("f0_range")) or real(*a, **k))
+    real = module.analyze
+    monkeypatch.setattr(module, "analyze", lambda *a, **k: seen.append(k.get("f0_range")) or real(*a, **k))
     out, rate = speaker.convert(speech, RATE, "A2B")
     full, _ = vc.convert(speech, RATE, "A2B")
     assert seen == [a2b, None] and rate == RATE and len(out) == len(full) == len(speech)
     assert abs(_voiced_median_f0(out) - _voiced_median_f0(full)) < 0.05 * _voiced_median_f0(full)
     with pytest.raises(ValueError, match="f0_range"):
-        load_converter(model_path, "cpu", f0_range="narrow")
-    assert load_converter(speaker, f0_range="full").f0_range == "full"
+        ConversionOptions(f0_range="narrow")
+    assert load_converter(speaker, options=ConversionOptions(f0_range="full")).f0_range == "full"
 
 
 def test_energy_from_the_source_replaces_only_c0_with_the_mean_variance_mapped_input(model_path, vc, speech):
     from cyclegan_vc.metrics import mean_variance_convert
 
-    source_energy = VoiceConverter.load(model_path, device="cpu", energy="source")
+    source_energy = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(energy="source"))
     feats = analyze(speech, vc.features)
     for direction, (src, tgt) in (("A2B", ("A", "B")), ("B2A", ("B", "A"))):
         paper = vc.convert_mcep(feats.mcep, direction)
@@ -179,7 +203,7 @@ def test_energy_from_the_source_replaces_only_c0_with_the_mean_variance_mapped_i
     wave, _ = source_energy.convert(speech, RATE)
     assert len(wave) == len(speech) and np.isfinite(wave).all()
     with pytest.raises(ValueError, match="energy"):
-        VoiceConverter.load(model_path, device="cpu", energy="loudest")
+        ConversionOptions(energy="loudest")
 
 
 def test_smooth_frames_removes_the_period_two_pattern_and_keeps_slow_change():
@@ -202,9 +226,9 @@ def test_smooth_frames_removes_the_period_two_pattern_and_keeps_slow_change():
 
 def test_smooth_option_filters_the_generator_output_only(model_path, vc, speech):
     feats = analyze(speech, vc.features)
-    smoothed = VoiceConverter.load(model_path, device="cpu", smooth=1)
-    both = VoiceConverter.load(model_path, device="cpu", smooth=1, energy="source")
-    source = VoiceConverter.load(model_path, device="cpu", energy="source")
+    smoothed = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(smooth=1))
+    both = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(smooth=1, energy="source"))
+    source = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(energy="source"))
     for direction, (src, tgt) in (("A2B", ("A", "B")), ("B2A", ("B", "A"))):
         paper = vc.convert_mcep(feats.mcep, direction)
         expected = denormalize(smooth_frames(normalize(paper, vc.stats[tgt]), 1), vc.stats[tgt])
@@ -214,8 +238,8 @@ def test_smooth_option_filters_the_generator_output_only(model_path, vc, speech)
         np.testing.assert_allclose(kept[:, 0], source.convert_mcep(feats.mcep, direction)[:, 0], atol=1e-12)
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="smooth"):
-            load_converter(model_path, device="cpu", smooth=bad)
-    assert load_converter(smoothed, smooth=2) is smoothed and smoothed.smooth == 2
+            ConversionOptions(smooth=bad)
+    assert load_converter(smoothed, options=ConversionOptions(smooth=2)) is smoothed and smoothed.smooth == 2
 
 
 def test_stereo_input_is_averaged(vc, speech):
@@ -253,10 +277,14 @@ def test_directions_differ(vc, speech):
         vc.convert(speech, RATE, direction="A2A")
 
 
-def test_f0_method_override(vc, speech):
+def test_f0_method_override(model_path, vc, speech):
     dio, _ = vc.convert(speech, RATE)
     harvest, _ = vc.convert(speech, RATE, f0_method="harvest")
     assert len(harvest) == len(dio) and not np.allclose(harvest, dio)
+    # the options' estimator replaces the model's; a call's replaces both
+    by_options = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(f0_method="harvest"))
+    np.testing.assert_array_equal(by_options.convert(speech, RATE)[0], harvest)
+    np.testing.assert_array_equal(by_options.convert(speech, RATE, f0_method="dio")[0], dio)
     with pytest.raises(ValueError, match="f0_method"):
         vc.convert(speech, RATE, f0_method="yin")
 
@@ -294,7 +322,7 @@ def test_chunk_join_is_exact_for_a_time_invariant_segment_function(vc, speech, t
         calls.append(len(wave))
         return np.tanh(3 * wave)
 
-    monkeypatch.setattr(converter, "_convert_segment", pointwise)
+    monkeypatch.setattr(converter, "convert_segment", pointwise)
     wave = np.tile(speech, 9)[: 9 * RATE + 7]
     out, _ = converter.convert(wave, RATE)
     np.testing.assert_allclose(out, np.tanh(3 * wave), atol=1e-12)
@@ -376,7 +404,7 @@ def test_python_api_and_cli_give_the_same_output(vc, model_path, vcc_file, tmp_p
     options = ["--energy", "source", "--smooth", "2"]
     code = cli.main(["convert", "--model", str(model_path), str(src), "--out", str(tmp_path / "opt"), "--device", "cpu", *options])
     assert code == 0
-    tuned = VoiceConverter.load(model_path, device="cpu", energy="source", smooth=2)
+    tuned = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(energy="source", smooth=2))
     tuned.convert_file(src, tmp_path / "tuned.wav")
     np.testing.assert_array_equal(sf.read(str(tmp_path / "opt" / "100002.wav"))[0], sf.read(str(tmp_path / "tuned.wav"))[0])
     with pytest.raises(SystemExit):
@@ -427,7 +455,7 @@ def test_failed_conversion_leaves_no_partial_output(vc, speech, tmp_path, monkey
     out = tmp_path / "out"
     out.mkdir()
     (out / "in.wav").write_bytes(b"previous result")
-    real = converter._convert_segment
+    real = converter.convert_segment
     calls = []
 
     def fail_on_third_chunk(wave, direction, config):
@@ -436,7 +464,7 @@ def test_failed_conversion_leaves_no_partial_output(vc, speech, tmp_path, monkey
             raise RuntimeError("simulated failure")
         return real(wave, direction, config)
 
-    monkeypatch.setattr(converter, "_convert_segment", fail_on_third_chunk)
+    monkeypatch.setattr(converter, "convert_segment", fail_on_third_chunk)
     report = convert(converter, [src], out, progress=False)
     assert report.outputs == [] and "simulated failure" in report.failures[0][1]
     assert [p.name for p in out.iterdir()] == ["in.wav"]
@@ -448,9 +476,15 @@ def test_input_expansion_keeps_sub_paths_and_refuses_collisions(vc, vcc_file, tm
     for rel in ("a/x.flac", "b/x.flac", "b/deeper/y.flac"):
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(vcc_file("SF1", 100002), data / rel)
-    assert [rel.as_posix() for _, rel in expand_inputs([data])] == ["a/x.flac", "b/deeper/y.flac", "b/x.flac"]
-    assert [rel.as_posix() for _, rel in expand_inputs([str(data / "**" / "y.flac")])] == ["b/deeper/y.flac"]
-    assert [rel.as_posix() for _, rel in expand_inputs([data / "a" / "x.flac"])] == ["x.flac"]
+
+    def written(inputs, out):
+        report = convert(vc, inputs, tmp_path / out, progress=False)
+        assert not report.failures
+        return [p.relative_to(tmp_path / out).as_posix() for p in report.outputs]
+
+    assert written([data], "folder") == ["a/x.wav", "b/deeper/y.wav", "b/x.wav"]  # a folder's sub-paths
+    assert written([str(data / "**" / "y.flac")], "glob") == ["b/deeper/y.wav"]  # below the pattern's folder
+    assert written([data / "a" / "x.flac"], "file") == ["x.wav"]  # a file's name
 
     # two files of the same name given directly: the second is refused, not overwritten
     report = convert(vc, [data / "a" / "x.flac", data / "b" / "x.flac"], tmp_path / "out", progress=False)
@@ -480,9 +514,10 @@ def test_worker_processes_convert_like_one_process(model_path, vcc_file, tmp_pat
     for name, (speaker, number) in {"a": ("SF1", 100002), "b": ("TM3", 100002), "d": ("SF1", 100003)}.items():
         shutil.copy(vcc_file(speaker, number), data / f"{name}.flac")
     (data / "c.wav").write_text("this is not audio\n" * 20)
+    options = ConversionOptions(energy="source", smooth=1)  # the workers convert with the same options
     with caplog.at_level("INFO", logger="cyclegan_vc.conversion"):
-        one = convert(model_path, [data], tmp_path / "one", device="cpu", jobs=1, progress=False)
-        two = convert(model_path, [data], tmp_path / "two", device="cpu", jobs=2, progress=False)
+        one = convert(model_path, [data], tmp_path / "one", device="cpu", options=options, jobs=1, progress=False)
+        two = convert(model_path, [data], tmp_path / "two", device="cpu", options=options, jobs=2, progress=False)
         # the default: all cores, but one worker per minute of audio at most (here 11 s: this process)
         convert(model_path, [data], tmp_path / "default", device="cpu", progress=False)
     processes = [r.getMessage().split(" with ")[1].split(";")[0] for r in caplog.records if "real-time factor" in r.getMessage()]
@@ -502,16 +537,16 @@ def test_worker_processes_convert_like_one_process(model_path, vcc_file, tmp_pat
 def test_worker_processes_convert_the_chunks_of_a_long_file_like_one_process(model_path, vcc_file, tmp_path, monkeypatch, caplog):
     """A file of several chunks with ``jobs=2``: its chunks are converted by the workers and joined here,
     giving the same bytes as the conversion in this process; a short file beside it goes to a worker."""
-    from cyclegan_vc import conversion
+    from cyclegan_vc.conversion import batch
 
-    real = conversion.load_converter
+    real = batch.load_converter
 
     def short_chunks(*args, **kwargs):  # 2 s chunks (the default is 30 s), so that 6 s of speech make 3
         converter = real(*args, **kwargs)
         converter.chunk_seconds, converter.context_seconds = 2.0, 0.5
         return converter
 
-    monkeypatch.setattr(conversion, "load_converter", short_chunks)
+    monkeypatch.setattr(batch, "load_converter", short_chunks)
     data = tmp_path / "data"
     data.mkdir()
     speech = np.concatenate([load_audio(vcc_file("SF1", n))[0] for n in (100002, 100003, 100004)])
@@ -524,7 +559,7 @@ def test_worker_processes_convert_the_chunks_of_a_long_file_like_one_process(mod
         def not_here(*args):
             raise AssertionError("a chunk converted in the calling process")
 
-        monkeypatch.setattr(VoiceConverter, "_convert_segment", not_here)  # the spawned workers have their own
+        monkeypatch.setattr(VoiceConverter, "convert_segment", not_here)  # the spawned workers have their own
         two = convert(model_path, [data], tmp_path / "two", device="cpu", jobs=2, progress=False)
     processes = [r.getMessage().split(" with ")[1].split(";")[0] for r in caplog.records if "real-time factor" in r.getMessage()]
     assert processes == ["1 process(es)", "2 process(es)"]
@@ -547,3 +582,49 @@ def test_dead_conversion_workers_are_one_clear_error(model_path, vcc_file, tmp_p
         convert({str(model_path)!r}, [{str(data)!r}], {str(tmp_path / "out")!r}, device="cpu", jobs=2, progress=False)
     """, "convert")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.wav"))
+
+
+def test_a_worker_loads_the_model_on_the_device_it_is_given(model_path):
+    """``load_in_worker`` (convert's and evaluate's workers) honours its device and options: a CUDA
+    evaluator's workers must not be forced onto the CPU."""
+    options = ConversionOptions(energy="source", smooth=1)
+    converter = load_in_worker(str(model_path), options, device="cpu")
+    assert converter.device == torch.device("cpu") and converter.options == options
+    assert torch.get_num_threads() == 1
+    if torch.cuda.is_available():
+        assert load_in_worker(str(model_path), options, device="cuda").device.type == "cuda"
+    else:  # asked for, so refused here: not silently the CPU
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            load_in_worker(str(model_path), options, device="cuda")
+
+
+def test_the_cli_with_worker_processes_prints_no_pkg_resources_warning(model_path, vcc_file, tmp_path):
+    """pyworld imports the deprecated pkg_resources; the warning must reach the user neither from this
+    process nor from the spawned workers (which import pyworld again)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for number in (100002, 100003):
+        shutil.copy(vcc_file("SF1", number), data / f"{number}.flac")
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cyclegan_vc.cli", "convert", "--model", str(model_path), str(data),
+         "--out", str(tmp_path / "out"), "--device", "cpu", "--jobs", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "with 2 process(es)" in proc.stderr  # the workers ran
+    assert "pkg_resources" not in proc.stderr, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["100002.wav", "100003.wav"]
+
+
+def test_a_batch_that_converts_nothing_reports_no_nan(model_path, tmp_path, capsys):
+    report = ConversionReport(failures=[(tmp_path / "missing.wav", "no such file")], wall_seconds=0.5)
+    assert not re.search(r"\bnan\b", report.summary()) and "nothing converted" in report.summary()
+    capsys.readouterr()
+    code = cli.main(["convert", "--model", str(model_path), str(tmp_path / "missing.wav"), "--out", str(tmp_path / "out"),
+                     "--device", "cpu"])
+    printed = capsys.readouterr()
+    assert code == 1 and "no such file" in printed.out
+    assert not re.search(r"\bnan\b", printed.out + printed.err)

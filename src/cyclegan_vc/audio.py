@@ -1,28 +1,42 @@
-"""Audio input and output: load any format soundfile reads, resample, downmix, validate, save.
+"""Audio input and output: load any format soundfile reads, resample, downmix, validate, save; whole or streamed.
 
 Every loaded waveform is a 1-D ``float64`` array in [-1, 1] at the requested sample rate.
 Files that cannot be used raise :class:`AudioError`, whose message names the file and the problem.
+
+Long recordings are streamed: :class:`AudioStream` validates a file and reads it in blocks,
+:func:`resample_stream` resamples blocks (the same samples as a one-shot :func:`resample`) and
+:func:`write_wav_stream` writes blocks, so memory is bounded by the block size, not the recording.
+Every write is atomic (:func:`~cyclegan_vc.utils.atomic_write`): a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import tempfile
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from .utils import atomic_write
+
 __all__ = [
     "AUDIO_EXTENSIONS",
     "AudioError",
+    "AudioStream",
+    "limit_peaks",
     "load_audio",
     "resample",
+    "resample_stream",
     "save_audio",
     "to_mono",
     "validate_waveform",
+    "write_wav_stream",
 ]
+
+log = logging.getLogger(__name__)
 
 #: File extensions treated as audio when scanning folders (soundfile/libsndfile formats).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".au", ".mp3")
@@ -32,6 +46,9 @@ SILENCE_PEAK = 1e-4
 
 #: Shortest analysable clip, in seconds (WORLD needs several pitch periods; the model needs frames).
 MIN_DURATION_S = 0.1
+
+#: Block size (seconds of audio) when a file is streamed.
+READ_BLOCK_SECONDS = 10.0
 
 
 class AudioError(ValueError):
@@ -146,17 +163,109 @@ def save_audio(path: str | os.PathLike, wave: np.ndarray, sample_rate: int, subt
     ``subtype`` is ``"PCM_16"`` (peaks beyond :data:`LIMIT_THRESHOLD` soft-limited by
     :func:`limit_peaks`, so nothing clips) or ``"FLOAT"`` (written as given).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wave = np.asarray(wave, dtype=np.float64)
     if subtype == "PCM_16":
         wave = limit_peaks(wave)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, wave, sample_rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return atomic_write(path, lambda tmp: sf.write(tmp, wave, sample_rate, subtype=subtype, format="WAV"))
+
+
+# -- streaming -------------------------------------------------------------------------------------
+class AudioStream:
+    """A readable, validated audio file, read in blocks.
+
+    The constructor checks the header and scans every sample (finite, not silent, long enough), so
+    that a bad file fails before any work is done; :meth:`blocks` then reads it again, block by block.
+
+    Attributes:
+        path: the file.
+        rate: its sample rate (Hz).
+        frames: its length in samples (per channel).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path = Path(path)
+        if not path.is_file():
+            raise AudioError(path, "no such file")
+        if path.stat().st_size == 0:
+            raise AudioError(path, "empty file (0 bytes)")
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:  # libsndfile raises several types for unreadable input
+            raise AudioError(path, f"not a readable audio file ({exc})") from None
+        self.rate, self.frames = int(info.samplerate), int(info.frames)
+        if self.frames <= 0:
+            raise AudioError(path, "the file holds no samples (zero length)")
+        duration = self.frames / self.rate
+        if duration < MIN_DURATION_S:
+            raise AudioError(
+                path, f"too short to analyse: {duration * 1000:.0f} ms (at least {MIN_DURATION_S * 1000:.0f} ms needed)"
+            )
+        peak = 0.0
+        for block in self._mono_blocks():
+            if not np.all(np.isfinite(block)):
+                bad = int(np.count_nonzero(~np.isfinite(block)))
+                raise AudioError(path, f"{bad} non-finite sample(s) (NaN or infinity)")
+            peak = max(peak, float(np.max(np.abs(block))))
+        if peak < SILENCE_PEAK:
+            raise AudioError(path, f"all silent (peak amplitude {peak:.2e})")
+
+    def _mono_blocks(self) -> Iterator[np.ndarray]:
+        block = max(1, int(READ_BLOCK_SECONDS * self.rate))
+        try:
+            with sf.SoundFile(str(self.path)) as handle:
+                while True:
+                    data = handle.read(block, dtype="float64", always_2d=True)
+                    if len(data):
+                        yield data.mean(axis=1)
+                    if len(data) < block:
+                        return
+        except AudioError:
+            raise
+        except Exception as exc:
+            raise AudioError(self.path, f"not a readable audio file ({exc})") from None
+
+    def blocks(self, rate: int) -> Iterator[np.ndarray]:
+        """Mono float64 blocks ``(samples,)`` at ``rate`` Hz (:func:`resample_stream` when the file's rate differs)."""
+        if rate == self.rate:
+            yield from self._mono_blocks()
+            return
+        yield from resample_stream(self._mono_blocks(), self.rate, rate)
+
+
+def resample_stream(blocks: Iterable[np.ndarray], rate_in: int, rate_out: int) -> Iterator[np.ndarray]:
+    """Resample 1-D blocks from ``rate_in`` to ``rate_out`` Hz with soxr VHQ, streaming: the blocks
+    joined are the samples :func:`resample` gives for the whole waveform."""
+    stream = soxr.ResampleStream(rate_in, rate_out, 1, dtype="float64", quality="VHQ")
+    for block in blocks:
+        yield stream.resample_chunk(np.ascontiguousarray(block, dtype=np.float64), last=False)
+    yield stream.resample_chunk(np.zeros(0), last=True)
+
+
+def write_wav_stream(
+    path: str | os.PathLike, pieces: Iterable[np.ndarray], rate: int, n_samples: int | None = None
+) -> Path:
+    """Write 1-D blocks as a 16-bit mono WAV at ``rate`` Hz atomically; return ``path``.
+
+    ``n_samples`` pads with zeros or trims to exactly that many samples. Samples beyond
+    :data:`LIMIT_THRESHOLD` are bent by :func:`limit_peaks`; the number beyond full scale (which a
+    hard clip would have cut) is logged. Nothing is left at ``path`` when a block fails to arrive.
+    """
+    overshoot = 0
+
+    def write(tmp: str) -> None:
+        nonlocal overshoot
+        written = 0
+        with sf.SoundFile(tmp, "w", samplerate=rate, channels=1, subtype="PCM_16", format="WAV") as handle:
+            for piece in pieces:
+                if n_samples is not None:
+                    piece = piece[: max(0, n_samples - written)]
+                overshoot += int(np.count_nonzero(np.abs(piece) > 1.0))
+                handle.write(limit_peaks(piece))
+                written += len(piece)
+            if n_samples is not None and written < n_samples:
+                handle.write(np.zeros(n_samples - written))
+
+    path = atomic_write(path, write)
+    if overshoot:
+        log.info("%s: %d sample(s) beyond full scale were soft-limited", path, overshoot)
     return path

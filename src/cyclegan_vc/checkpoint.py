@@ -51,7 +51,7 @@ from torch import nn
 from . import __version__
 from .features import FeatureConfig
 from .models import build_generator
-from .stats import SpeakerStats, denormalize, normalize
+from .stats import SpeakerStats
 
 __all__ = [
     "FORMAT",
@@ -287,22 +287,6 @@ class ConversionModel:
     config: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
     package_version: str = __version__
-
-    @torch.no_grad()
-    def convert_mcep(self, mcep: np.ndarray, direction: str = "A2B") -> np.ndarray:
-        """``(T, D)`` raw MCEPs of the source speaker -> ``(T, D)`` converted MCEPs (float64).
-
-        Normalises with the source's statistics, runs the generator, de-normalises with the target's.
-        ``direction`` is ``"A2B"`` or ``"B2A"``.
-        """
-        if direction not in ("A2B", "B2A"):
-            raise ValueError(f"direction must be 'A2B' or 'B2A', got {direction!r}")
-        source, target, role = ("A", "B", "G_ab") if direction == "A2B" else ("B", "A", "G_ba")
-        generator = self.generators[role]
-        device = next(generator.parameters()).device
-        x = torch.as_tensor(normalize(np.asarray(mcep, dtype=np.float64), self.stats[source]).T, dtype=torch.float32)
-        y = generator(x.unsqueeze(0).to(device))[0].T.double().cpu().numpy()
-        return denormalize(y, self.stats[target])
 
 
 def export_model(

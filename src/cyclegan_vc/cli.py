@@ -76,12 +76,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         args.inputs,
         args.out,
         direction=args.direction,
-        f0=args.f0,
         device=args.device,
         keep_rate=args.keep_rate,
-        energy=args.energy,
-        smooth=args.smooth,
-        f0_range=args.f0_range,
+        options=_conversion_options(args, f0_method=args.f0),
         jobs=args.jobs,
         progress=not args.no_progress,
     )
@@ -111,9 +108,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         source_refs=args.source_refs,
         target_refs=args.target_refs,
         n_examples=args.examples,
-        energy=args.energy,
-        smooth=args.smooth,
-        f0_range=args.f0_range,
+        options=_conversion_options(args),
         jobs=args.jobs,
     )
     return _print_evaluation(run)
@@ -130,9 +125,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         n_train=args.train_sentences,
         n_eval=args.eval_sentences,
         device=args.device,
-        energy=args.energy,
-        smooth=args.smooth,
-        f0_range=args.f0_range,
+        options=_conversion_options(args),
         jobs=args.jobs,
     )
     return _print_evaluation(run)
@@ -155,20 +148,11 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
         seed=args.seed,
         cache_dir=args.cache_dir,
         device=args.device,
-        energy=args.energy,
-        smooth=args.smooth,
-        f0_range=args.f0_range,
+        options=_conversion_options(args),
         mcep_dim=args.mcep_dim,
         jobs=args.jobs,
     )
     return _print_evaluation(run)
-
-
-#: ``conversion.ENERGY_MODES``, spelled here so that ``--help`` does not import torch (a test keeps them equal).
-ENERGY_CHOICES = ("generator", "source")
-DEFAULT_ENERGY = "generator"
-#: ``conversion.F0_RANGES``, likewise.
-F0_RANGE_CHOICES = ("full", "speaker")
 
 
 def _smooth_passes(text: str) -> int:
@@ -202,17 +186,33 @@ def _add_jobs_option(p: argparse.ArgumentParser) -> None:
 
 
 def _add_conversion_options(p: argparse.ArgumentParser) -> None:
-    """The options of the converted speech, shared by convert, evaluate, demo and recipe."""
-    p.add_argument("--energy", choices=ENERGY_CHOICES, default=DEFAULT_ENERGY,
+    """The options of the converted speech (:class:`~cyclegan_vc.options.ConversionOptions`), shared by
+    convert, evaluate, demo and recipe; :func:`_conversion_options` turns them into one record."""
+    from .options import ENERGY_MODES, F0_RANGES, ConversionOptions  # no torch: --help stays quick
+
+    defaults = ConversionOptions()
+    p.add_argument("--energy", choices=ENERGY_MODES, default=defaults.energy,
                    help="the output's c0 (frame energy): from the generator (the paper) or the input's, "
                    "mean-variance mapped (default: %(default)s)")
-    p.add_argument("--smooth", type=_smooth_passes, default=0, metavar="PASSES",
+    p.add_argument("--smooth", type=_smooth_passes, default=defaults.smooth, metavar="PASSES",
                    help="passes of a [1, 2, 1]/4 filter along time over the generator's output; removes the "
                    "pixel shuffle's period-2 frame pattern (default: %(default)s, none: the paper)")
-    p.add_argument("--f0-range", choices=F0_RANGE_CHOICES, default="full",
+    p.add_argument("--f0-range", choices=F0_RANGES, default=defaults.f0_range,
                    help="where F0 is searched in the input: the model's whole f0_floor-f0_ceil, as in preparation, "
-                   "or the input speaker's exp(mean -/+ 3 std) of log-F0 (about 1.6-2x faster harvest; "
+                   "or the input speaker's exp(mean -/+ 3 std) of log-F0 (faster harvest; "
                    "default: %(default)s)")
+
+
+def _conversion_options(args: argparse.Namespace, f0_method: str | None = None) -> ConversionOptions:
+    """The one :class:`~cyclegan_vc.options.ConversionOptions` of ``--energy``, ``--smooth``, ``--f0-range``
+    (and convert's ``--f0``); a bad value is a :class:`~cyclegan_vc.utils.UserError`."""
+    from .options import ConversionOptions
+    from .utils import UserError
+
+    try:
+        return ConversionOptions(energy=args.energy, smooth=args.smooth, f0_range=args.f0_range, f0_method=f0_method)
+    except ValueError as exc:
+        raise UserError(f"conversion options: {exc}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

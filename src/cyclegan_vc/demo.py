@@ -10,14 +10,34 @@ from typing import Sequence
 
 from .data.demo_corpus import make_demo_corpus
 from .evaluation import EvaluationRun, evaluate
+from .options import ConversionOptions
 from .prepare import format_summary, prepare
 from .training import train
+from .utils import UserError
 
-__all__ = ["demo"]
+__all__ = ["MARKER", "demo"]
 
 log = logging.getLogger(__name__)
 
 VOICES = ("slt", "rms")
+
+#: The file that marks a folder as the demo's own output (written when the demo starts in it).
+MARKER = ".cyclegan-vc-demo"
+
+
+def _claim(out: Path) -> None:
+    """Make ``out`` the demo's folder: a new or empty folder is marked as the demo's; a marked one (an
+    earlier demo's) is reused; any other folder is refused, so that the demo never deletes what it
+    did not write."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"demo --out {out}: is a file, not a folder")
+    if out.is_dir() and not (out / MARKER).is_file() and any(out.iterdir()):
+        raise UserError(
+            f"demo --out {out}: the folder is not empty and holds no earlier demo output (no {MARKER} file); "
+            "choose a new or empty folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `cyclegan-vc demo`; the demo rewrites this folder on its next run\n")
 
 
 def demo(
@@ -30,9 +50,7 @@ def demo(
     n_eval: int | None = None,
     overrides: Sequence[str] = (),
     device: str = "auto",
-    energy: str = "generator",
-    smooth: int = 0,
-    f0_range: str = "full",
+    options: ConversionOptions | None = None,
     jobs: int | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
@@ -40,17 +58,19 @@ def demo(
 
     Layout of ``out``: ``corpus/`` (rendered audio), ``prepared/`` (features, statistics),
     ``run/`` (config, checkpoints, TensorBoard logs, exported model) and ``report/``
-    (metrics.json, summary.md, report.html, converted audio). Each stage reuses what an earlier
-    demo left (the corpus, the feature cache); training starts afresh.
+    (metrics.json, summary.md, report.html, converted audio), with a marker file (:data:`MARKER`).
+    ``out`` must be new, empty or an earlier demo's output (:class:`~cyclegan_vc.utils.UserError`
+    otherwise): each stage reuses what an earlier demo left (the corpus, the feature cache), and
+    training starts afresh (the earlier ``run/`` is deleted).
 
-    ``energy``: the converted speech's c0, ``"generator"`` or ``"source"`` (see
-    :class:`~cyclegan_vc.conversion.VoiceConverter`); ``smooth``, ``f0_range``: the other conversion options
-    (same place). ``jobs``: worker processes of the WORLD analyses and
-    the conversions (default: all cores; 1: in this process).
+    ``options``: how the converted speech is made (:class:`~cyclegan_vc.options.ConversionOptions`;
+    default: the paper's conversion). ``jobs``: worker processes of the WORLD analyses and the
+    conversions (default: all cores; 1: in this process).
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun` (its ``table()``, its ``report`` path).
     """
     out = Path(out)
+    _claim(out)
     corpus = make_demo_corpus(out / "corpus", voices=VOICES, n_train=n_train, n_eval=n_eval, progress=progress)
     a, b = VOICES
     manifest = prepare(
@@ -64,7 +84,7 @@ def demo(
     )
     log.info("prepared data:\n%s", format_summary(manifest))
     run = out / "run"
-    if run.exists():  # the demo owns this folder: a new demo trains afresh
+    if run.exists():  # an earlier demo's (the folder is marked as the demo's): a new demo trains afresh
         shutil.rmtree(run)
     train(
         data=out / "prepared",
@@ -77,6 +97,6 @@ def demo(
         progress=progress,
     )
     return evaluate(
-        run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, energy=energy,
-        smooth=smooth, f0_range=f0_range, jobs=jobs, progress=progress,
+        run, corpus / "evaluation" / a, corpus / "evaluation" / b, out / "report", device=device, options=options,
+        jobs=jobs, progress=progress,
     )

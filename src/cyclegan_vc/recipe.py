@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .evaluation import EvaluationRun, evaluate
 from .features import FeatureConfig
+from .options import ConversionOptions
 from .prepare import format_summary, prepare
 from .training import train
 
@@ -30,9 +31,7 @@ def recipe(
     cache_dir: str | os.PathLike | None = None,
     device: str = "auto",
     seed: int | None = None,
-    energy: str = "generator",
-    smooth: int = 0,
-    f0_range: str = "full",
+    options: ConversionOptions | None = None,
     mcep_dim: int | None = None,
     jobs: int | None = None,
     progress: bool = True,
@@ -45,10 +44,9 @@ def recipe(
     converted both ways and scored beside the baselines. Outputs go to ``run/``: ``prepared/``,
     the training run itself, and ``evaluation/`` (metrics.json, summary.md, report.html).
 
-    ``energy`` is the converted speech's c0 in the evaluation (``"generator"``, the paper's, or
-    ``"source"``; see :class:`~cyclegan_vc.conversion.VoiceConverter`), ``smooth`` and ``f0_range`` its
-    other conversion options (same place). ``jobs``: worker processes of
-    the WORLD analyses (prepare) and the conversions (evaluate); default all cores, 1 in this process.
+    ``options``: how the evaluated conversion is made (:class:`~cyclegan_vc.options.ConversionOptions`;
+    default: the paper's). ``jobs``: worker processes of the WORLD analyses (prepare) and the
+    conversions (evaluate); default all cores, 1 in this process.
 
     Returns the :class:`~cyclegan_vc.evaluation.EvaluationRun`.
     """
@@ -92,6 +90,6 @@ def recipe(
         progress=progress,
     )
     return evaluate(
-        run, evaluation / source, evaluation / target, run / "evaluation", device=device, energy=energy,
-        smooth=smooth, f0_range=f0_range, jobs=jobs, progress=progress,
+        run, evaluation / source, evaluation / target, run / "evaluation", device=device, options=options,
+        jobs=jobs, progress=progress,
     )
