@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 from _common import DEFAULT_VCC, hardware  # noqa: E402
 
-from cyclegan_vc.conversion import ENERGY_MODES  # noqa: E402
+from cyclegan_vc.options import ENERGY_MODES, ConversionOptions  # noqa: E402
 from cyclegan_vc.evaluation import evaluate  # noqa: E402
 from cyclegan_vc.recipe import recipe  # noqa: E402
 
@@ -86,6 +86,7 @@ def main() -> None:
     budget = f"{args.iterations} iterations" if args.iterations else f"{args.minutes:g} minutes"
     print(f"preset {args.preset}, budget {budget} per pair, seed {args.seed}, overrides {args.set or 'none'}, "
           f"energy {args.energy}, smooth {args.smooth}" + (f", mcep_dim {args.mcep_dim}" if args.mcep_dim else ""))
+    options = ConversionOptions(energy=args.energy, smooth=args.smooth)
     rows = []
     for pair in args.pairs:
         source, target = pair.split("-")
@@ -100,7 +101,7 @@ def main() -> None:
                 print(f"{pair}: trained and evaluated with other conversion options; evaluating again into {run / name}")
             source_dir, target_dir = (args.root / "evaluation_all" / speaker for speaker in (source, target))
             start = time.perf_counter()
-            evaluate(run, source_dir, target_dir, run / name, energy=args.energy, smooth=args.smooth, progress=False)
+            evaluate(run, source_dir, target_dir, run / name, options=options, progress=False)
             print(f"{pair}: evaluated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
             metrics = run / name / "metrics.json"
         else:
@@ -109,7 +110,7 @@ def main() -> None:
                 args.root, source, target, run, preset=args.preset,
                 minutes=None if args.iterations else args.minutes, iterations=args.iterations,
                 overrides=args.set, seed=args.seed, cache_dir=args.out / "cache", device="auto",
-                energy=args.energy, smooth=args.smooth, mcep_dim=args.mcep_dim, progress=False,
+                options=options, mcep_dim=args.mcep_dim, progress=False,
             )
             print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
             metrics = run / "evaluation" / "metrics.json"

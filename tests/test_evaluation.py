@@ -17,6 +17,7 @@ import pytest
 from cyclegan_vc import cli
 from cyclegan_vc.conversion import VoiceConverter
 from cyclegan_vc.evaluation import evaluate, training_references
+from cyclegan_vc.options import ConversionOptions
 from cyclegan_vc.report import SYSTEMS
 from cyclegan_vc.training import train
 
@@ -136,9 +137,9 @@ def test_speaker_f0_range_analyses_only_the_converted_inputs_in_the_source_speak
         features, "estimate_f0", lambda wave, config, f0_range=None: calls.append(f0_range) or real(wave, config, f0_range)
     )
     run = evaluate(tiny_run, *eval_dirs, tmp_path / "speaker", device="cpu", n_examples=0, speaker_similarity=False,
-                   naturalness=False, progress=False, jobs=1, f0_range="speaker")
+                   naturalness=False, progress=False, jobs=1, options=ConversionOptions(f0_range="speaker"))
     monkeypatch.setattr(features, "estimate_f0", real)
-    converter = VoiceConverter.load(tiny_run, device="cpu", f0_range="speaker")
+    converter = VoiceConverter.load(tiny_run, device="cpu", options=ConversionOptions(f0_range="speaker"))
     ranges = {converter.f0_search_range("A2B"), converter.f0_search_range("B2A")}
     assert len(ranges) == 2 and all(r != (converter.features.f0_floor, converter.features.f0_ceil) for r in ranges)
     assert len(calls) == 10 * len(EVAL_IDS)

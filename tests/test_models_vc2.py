@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from cyclegan_vc.checkpoint import export_model, load_model
+from cyclegan_vc.conversion import VoiceConverter
 from cyclegan_vc.config import PRESETS, ConfigError, config_from_dict, load_config
 from cyclegan_vc.features import FeatureConfig
 from cyclegan_vc.models import (
@@ -404,4 +405,5 @@ def test_exported_model_loads_without_being_told_the_architecture(tmp_path, name
         for role in ("G_ab", "G_ba"):
             torch.testing.assert_close(model.generators[role](x), generators[role](x), rtol=0, atol=0)
     mcep = rng.normal(size=(30, dim))
-    assert model.convert_mcep(mcep, "A2B").shape == (30, dim)
+    converter = VoiceConverter.load(path, device="cpu")
+    assert converter.convert_mcep(mcep, "A2B").shape == (30, dim)

@@ -42,6 +42,7 @@ from .audio import AudioError, load_audio, save_audio
 from .conversion import VoiceConverter, load_converter, load_in_worker
 from .data.corpus import list_audio_files, match_parallel, utterance_id
 from .features import FeatureConfig, WorldFeatures, analyze, analyze_envelope, synthesize
+from .options import ConversionOptions
 from .metrics import Evaluator, conventions, mean_variance_convert
 from .report import DirectionResults, EvaluationResults, ReportExample, format_table, write_report
 from .utils import WorkersDied, read_json
@@ -139,9 +140,10 @@ def _sentence(converter: VoiceConverter, evaluator: Evaluator, waves: dict[str, 
     envelopes = {role: analyze_envelope(wave, config) for role, wave in waves.items()}
     feats = {role: analyze(wave, config, envelope=envelopes[role]) for role, wave in waves.items()}
     inputs = feats
-    if converter.f0_range != "full":
+    in_config = converter.analysis_config()
+    if converter.f0_range != "full" or in_config != config:
         inputs = {
-            src: analyze(waves[src], config, f0_range=converter.f0_search_range(direction))
+            src: analyze(waves[src], in_config, f0_range=converter.f0_search_range(direction))
             for direction, (src, _) in DIRECTIONS.items()
         }
     resynth = {role: _synthesize(feats[role], config, len(wave)) for role, wave in waves.items()}
@@ -162,11 +164,8 @@ def _sentence(converter: VoiceConverter, evaluator: Evaluator, waves: dict[str, 
 _WORKER: dict = {}
 
 
-def _init_worker(
-    model: str, speaker_similarity: bool, naturalness: bool, energy: str = "generator", smooth: int = 0,
-    f0_range: str = "full",
-) -> None:
-    converter = load_in_worker(model, energy, smooth, f0_range)
+def _init_worker(model: str, speaker_similarity: bool, naturalness: bool, options: ConversionOptions) -> None:
+    converter = load_in_worker(model, options)
     _WORKER["converter"] = converter
     _WORKER["evaluator"] = Evaluator(converter.features, speaker_similarity=speaker_similarity, naturalness=naturalness)
 
@@ -179,12 +178,8 @@ def _conventions(converter: VoiceConverter) -> dict[str, str]:
     out = conventions(converter.features)
     out["Conversion"] = (
         "cyclegan: log-Gaussian F0 transform, aperiodicity copied, mel-cepstra through the generator; "
-        + ("c0 (frame energy) from the generator, as in the paper." if converter.energy == "generator" else
-           "c0 (frame energy) from the source, mean-variance mapped (energy=source), c1 and up from the generator.")
-        + (f" Generator output smoothed along time by {converter.smooth} pass(es) of [1, 2, 1]/4 (smooth={converter.smooth})."
-           if converter.smooth else "")
-        + (" F0 of the converted input searched in the source speaker's range, exp(mean -/+ 3 std) of its "
-           "log-F0 (f0_range=speaker); references in the full range." if converter.f0_range == "speaker" else "")
+        + converter.options.describe()
+        + (" References in the full F0 range." if converter.f0_range == "speaker" else "")
     )
     return out
 
@@ -204,9 +199,7 @@ def evaluate(
     naturalness: bool = True,
     evaluator: Evaluator | None = None,
     jobs: int | None = None,
-    energy: str | None = None,
-    smooth: int | None = None,
-    f0_range: str | None = None,
+    options: ConversionOptions | None = None,
     progress: bool = True,
 ) -> EvaluationRun:
     """Convert every parallel evaluation sentence both ways and score it beside the baselines.
@@ -226,20 +219,15 @@ def evaluate(
         evaluator: a loaded :class:`~cyclegan_vc.metrics.Evaluator` to reuse (models, caches).
         jobs: processes for the conversions and WORLD analyses (default: all cores; 1 = in this
             process). The speaker encoder and DNSMOS run in this process.
-        energy: the ``cyclegan`` system's c0, ``"generator"`` or ``"source"`` (see
-            :class:`~cyclegan_vc.conversion.VoiceConverter`); ``None``: a given converter's setting,
-            else ``"generator"``.
-        smooth: passes of :func:`~cyclegan_vc.conversion.smooth_frames` over the generator's output;
-            ``None``: a given converter's setting, else 0 (none, the paper).
-        f0_range: the F0 search range of the converted input, ``"full"`` or ``"speaker"`` (see
-            :class:`~cyclegan_vc.conversion.VoiceConverter`); ``None``: a given converter's, else ``"full"``.
+        options: how the ``cyclegan`` system converts (:class:`~cyclegan_vc.options.ConversionOptions`);
+            ``None``: a given converter's options, else the paper's conversion.
         progress: show progress bars.
 
     Raises:
         ValueError: no sentence is present for both speakers (the message names both folders).
     """
     start = time.perf_counter()
-    converter = load_converter(model, device, energy, smooth, f0_range)
+    converter = load_converter(model, device, options)
     rate = converter.sample_rate
     out = Path(out)
     source_eval, target_eval = Path(source_eval), Path(target_eval)
@@ -292,6 +280,7 @@ def evaluate(
         "energy": converter.energy,
         "smooth": converter.smooth,
         "f0_range": converter.f0_range,
+        "options": converter.options.to_dict(),
     })
     examples: list[ReportExample] = []
     use_pool = jobs != 1 and len(sentences) > 1 and not isinstance(model, VoiceConverter)
@@ -300,7 +289,7 @@ def evaluate(
         workers = min(jobs or os.cpu_count() or 1, len(sentences))
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_worker,
-            initargs=(str(model), speaker_similarity, naturalness, converter.energy, converter.smooth, converter.f0_range),
+            initargs=(str(model), speaker_similarity, naturalness, converter.options),
         )
     try:
         if pool is not None:

@@ -182,7 +182,7 @@ class VoiceConverter:
         for stage, seconds in timings.items():
             self.timings[stage] += seconds
 
-    def _config(self, f0_method: str | None) -> FeatureConfig:
+    def analysis_config(self, f0_method: str | None = None) -> FeatureConfig:
         """The model's features with the F0 estimator ``f0_method``, else the options', else the model's."""
         method = f0_method or self.options.f0_method
         return self.features if method in (None, self.features.f0_method) else self.features.replace(f0_method=method)
@@ -287,7 +287,7 @@ class VoiceConverter:
         :meth:`convert_file` streams.
         """
         _direction(direction)
-        config = self._config(f0_method)
+        config = self.analysis_config(f0_method)
         wave = np.asarray(waveform, dtype=np.float64)
         if wave.ndim == 2 and wave.shape[1] > wave.shape[0]:
             raise AudioError(
@@ -328,7 +328,7 @@ class VoiceConverter:
         ``out_path``; raises :class:`~cyclegan_vc.audio.AudioError` (naming the file) for unusable input.
         """
         _direction(direction)
-        config = self._config(f0_method)
+        config = self.analysis_config(f0_method)
         path, out_path = Path(path), Path(out_path)
         source = AudioStream(path)
         out_rate = source.rate if keep_rate else self.sample_rate
