@@ -270,3 +270,24 @@ def test_folder_without_audio_in_the_way_is_reported(server, tmp_path):
     with pytest.raises(DownloadError, match="exists but holds no audio"):
         download_vcc2016(dest, server.url(), progress=False)
     assert server.requests == []
+
+
+def test_the_download_command_extracts_and_says_where(server, tmp_path, capsys):
+    from cyclegan_vc import cli
+
+    dest = tmp_path / "vcc2016"
+    assert cli.main(["download", "vcc2016", "--dest", str(dest), "--base-url", server.url()]) == 0
+    _assert_layout(dest)
+    assert capsys.readouterr().out.strip() == f"VCC 2016 is in {dest}"
+
+
+def test_the_download_command_reports_an_unreachable_mirror_in_one_line_with_status_1(tmp_path, capsys):
+    from cyclegan_vc import cli
+
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = cli.main(["download", "vcc2016", "--dest", str(tmp_path / "v"), "--base-url", f"http://127.0.0.1:{port}/vcc/"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and err.startswith("cyclegan-vc download: failed:"), err
+    assert "Traceback" not in err

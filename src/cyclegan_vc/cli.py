@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .utils import OutsideFailure
 
 log = logging.getLogger("cyclegan_vc")
 
@@ -27,7 +28,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _cmd_make_demo_corpus(args: argparse.Namespace) -> int:
     from .data.demo_corpus import make_demo_corpus
 
-    dest = make_demo_corpus(args.dest)
+    dest = make_demo_corpus(args.dest, n_train=args.train_sentences, n_eval=args.eval_sentences)
     print(f"demo corpus written to {dest}")
     return 0
 
@@ -55,7 +56,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
-    train(
+    summary = train(
         data=args.data,
         run=args.run,
         preset=args.preset,
@@ -65,6 +66,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         overrides=args.set,
     )
+    reason = {"completed": "all iterations done", "time_budget": "time budget reached"}.get(summary.stopped, summary.stopped)
+    print(f"trained to step {summary.step} ({reason}); model: {summary.model_latest}")
     return 0
 
 
@@ -230,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("make-demo-corpus", help="render the offline two-speaker demo corpus with flite")
-    p.add_argument("--dest", required=True, type=Path)
+    p.add_argument("--dest", required=True, type=Path, help="folder to render into (re-running skips rendered files)")
+    p.add_argument("--train-sentences", type=_positive_int, default=None,
+                   help="training sentences per voice (default: all of its half of the sentence list)")
+    p.add_argument("--eval-sentences", type=_positive_int, default=None,
+                   help="parallel evaluation sentences (default: 25)")
     p.set_defaults(func=_cmd_make_demo_corpus)
 
     p = sub.add_parser("prepare", help="WORLD analysis, cache and per-speaker statistics")
@@ -336,11 +343,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except _USER_MISTAKES as exc:
         log.debug("error", exc_info=True)
         print(f"cyclegan-vc {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, OutsideFailure) as exc:  # the machine's: a full disk, the network, killed workers
+        log.debug("error", exc_info=True)
+        print(f"cyclegan-vc {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a fault of the toolkit: say so, and where the traceback is
+        log.debug("error", exc_info=True)
+        print(
+            f"cyclegan-vc {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(run again with --verbose for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
+
+#: What the user can fix (a path, a flag, a folder's contents): one line, exit status 2. ``ValueError``
+#: covers :class:`~cyclegan_vc.utils.UserError`, :class:`~cyclegan_vc.config.ConfigError` and
+#: :class:`~cyclegan_vc.audio.AudioError`.
+_USER_MISTAKES = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["UserError", "WorkersDied", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_save_npz", "read_json"]
+__all__ = ["OutsideFailure", "UserError", "WorkersDied", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_save_npz", "read_json"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -65,7 +65,13 @@ class UserError(ValueError):
     of the toolkit or the machine and is reported as such."""
 
 
-class WorkersDied(RuntimeError):
+class OutsideFailure(RuntimeError):
+    """A failure outside the toolkit's code and the user's input: the network, an external program,
+    worker processes that were killed. The command line prints its message (which says what to do)
+    on one line and exits with status 1."""
+
+
+class WorkersDied(OutsideFailure):
     """The worker processes of a parallel stage ended abruptly, so no file can be blamed.
 
     The two usual causes: the workers were killed (for memory, say), or a script called the stage at

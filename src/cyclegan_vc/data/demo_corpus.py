@@ -40,7 +40,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ..audio import AudioError, load_audio, save_audio
-from ..utils import atomic_write_json, read_json
+from ..utils import OutsideFailure, atomic_write_json, read_json
 
 __all__ = [
     "DEFAULT_N_EVAL",
@@ -67,7 +67,7 @@ _SPLIT_DIRS = {"train": "training", "eval": "evaluation"}
 _OUR_FILE = re.compile(r"[te]\d{4}\.wav")
 
 
-class DemoCorpusError(RuntimeError):
+class DemoCorpusError(OutsideFailure):
     """flite is missing or failed; the message says what to do."""
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..audio import AUDIO_EXTENSIONS
+from ..utils import OutsideFailure
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -66,7 +67,7 @@ VCC2016_ARCHIVES = (
 )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(OutsideFailure):
     """A download or an archive that failed; the message says what, where, and what to do."""
 
 
