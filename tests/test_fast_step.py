@@ -241,7 +241,7 @@ def test_gemm_conv2d_input_gradient_of_items_with_a_zero_output_gradient(zero):
     product covers only the span of the live items."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cyclegan_vc.models.layers import live_samples
+    from cyclegan_vc.models.gemm import live_samples
 
     g = torch.Generator().manual_seed(7)
     x = torch.randn((5, 3, 6, 10), generator=g, dtype=torch.float64, requires_grad=True)

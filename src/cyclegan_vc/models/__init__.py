@@ -13,20 +13,8 @@ from torch import nn
 
 from .discriminator import DISCRIMINATOR_HEADS, CycleGANVCDiscriminator
 from .generator import CycleGANVCGenerator
-from .layers import (
-    GatedConv1d,
-    GatedConv2d,
-    GemmConv1d,
-    GemmConv2d,
-    UPSAMPLE_INITS,
-    ResidualBlock1d,
-    WeightGradientSink,
-    gemm_conv2d,
-    gemm_convolutions,
-    glu,
-    icnr_,
-    pixel_shuffle_1d,
-)
+from .gemm import GemmConv1d, GemmConv2d, WeightGradientSink, gemm_conv2d, gemm_convolutions
+from .layers import UPSAMPLE_INITS, GatedConv1d, GatedConv2d, ResidualBlock1d, glu, icnr_, pixel_shuffle_1d
 from .patchgan import PatchGANDiscriminator
 from .vc2 import CycleGANVC2Generator, GatedUpsample2d, MaskCycleGANVCGenerator, pixel_shuffle_2d
 

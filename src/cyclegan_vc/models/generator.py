@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import GatedConv1d, GemmConv1d, ResidualBlock1d
+from .gemm import GemmConv1d
+from .layers import GatedConv1d, ResidualBlock1d
 
 __all__ = ["CycleGANVCGenerator"]
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import GatedConv2d, GemmConv2d
+from .gemm import GemmConv2d
+from .layers import GatedConv2d
 
 __all__ = ["PatchGANDiscriminator"]
 

@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import GatedConv2d, GemmConv2d, ResidualBlock1d, instance_norm
+from .gemm import GemmConv2d
+from .layers import GatedConv2d, ResidualBlock1d, instance_norm
 
 __all__ = ["CycleGANVC2Generator", "GatedUpsample2d", "MaskCycleGANVCGenerator", "pixel_shuffle_2d"]
 
