@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 DEMO_MINUTES ?= 12
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup test demo bench clean system-deps
+.PHONY: setup test lint demo bench quality clean system-deps
 
 setup: $(STAMP)
 
@@ -32,10 +32,23 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/cyclegan-vc demo --out demo-output --minutes $(DEMO_MINUTES)
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+# The speed benchmarks (each prints its table; see docs/performance.md). The GPU one runs where CUDA is.
 bench: $(STAMP)
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/convert.py
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	  $(PY) benchmarks/train_gpu.py --preset paper --batch 1 8 --variants eager graphs bf16 graphs-bf16 compile; \
+	else echo "no CUDA device: benchmarks/train_gpu.py skipped"; fi
+
+# The quality table of docs/results.md: the paper's four VCC 2016 pairs, 20 minutes of training each
+# and the recommended conversion (hours on a CPU).
+VCC ?= ../shared/data/vcc2016
+quality: $(STAMP)
+	$(PY) benchmarks/quality.py --root $(VCC) --out runs/quality --smooth 6
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

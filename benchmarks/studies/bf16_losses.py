@@ -1,6 +1,6 @@
 """bf16 autocast's effect on training: the same run in fp32 and in bf16, beside fp32 on other crops.
 
-    python benchmarks/bf16_losses.py --prepared DIR [--preset small] [--iterations 1000] [--window 200]
+    python benchmarks/studies/bf16_losses.py --prepared DIR [--preset small] [--iterations 1000] [--window 200]
                                      [--device cpu|cuda] [--eval-pairs 6]
 
 ``DIR`` is a ``cyclegan-vc prepare`` output (``make demo`` leaves one in ``demo-output/prepared``).
@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 import numpy as np  # noqa: E402

@@ -1,6 +1,6 @@
 """Harvest in the speaker's own F0 range against the full range: speed and agreement of the contours.
 
-    python benchmarks/f0_range.py [--root ../shared/data/vcc2016] [--speakers SF1 SM1 TF2 TM3]
+    python benchmarks/studies/f0_range.py [--root ../shared/data/vcc2016] [--speakers SF1 SM1 TF2 TM3]
                                   [--widths 3 4] [--train-utterances 30] [--jobs 2]
 
 Per speaker: log-F0 statistics from harvest (full range, 71-800 Hz) on its first ``--train-utterances``
@@ -21,7 +21,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_common.py
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 import numpy as np  # noqa: E402
