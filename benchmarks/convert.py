@@ -46,7 +46,6 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 import numpy as np  # noqa: E402
 import pyworld  # noqa: E402
 import torch  # noqa: E402
-from _common import DEFAULT_VCC, hardware  # noqa: E402
 
 from cyclegan_vc.audio import load_audio, save_audio  # noqa: E402
 from cyclegan_vc.checkpoint import export_model  # noqa: E402
@@ -55,6 +54,8 @@ from cyclegan_vc.conversion import VoiceConverter  # noqa: E402
 from cyclegan_vc.features import FeatureConfig, analyze, decode_envelope, encode_envelope  # noqa: E402
 from cyclegan_vc.models import build_generator, count_parameters  # noqa: E402
 from cyclegan_vc.stats import compute_stats, f0_search_range  # noqa: E402
+
+from _common import DEFAULT_VCC, hardware  # noqa: E402
 
 STAGES = ("analysis", "network", "synthesis")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from _common import DEFAULT_VCC, hardware  # noqa: E402
-
 from cyclegan_vc.data.corpus import list_audio_files  # noqa: E402
 from cyclegan_vc.prepare import prepare  # noqa: E402
+
+from _common import DEFAULT_VCC, hardware  # noqa: E402
 
 
 def main() -> None:

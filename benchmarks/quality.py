@@ -26,11 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
-from _common import DEFAULT_VCC, hardware  # noqa: E402
-
-from cyclegan_vc.options import ENERGY_MODES, ConversionOptions  # noqa: E402
 from cyclegan_vc.evaluation import evaluate  # noqa: E402
+from cyclegan_vc.options import ENERGY_MODES, ConversionOptions  # noqa: E402
 from cyclegan_vc.recipe import recipe  # noqa: E402
+
+from _common import DEFAULT_VCC, hardware  # noqa: E402
 
 PAIRS = ("SF1-TF2", "SF1-TM3", "SM1-TF2", "SM1-TM3")
 SYSTEMS = ("cyclegan", "mean_variance", "no_conversion", "world_resynthesis")
@@ -118,7 +118,7 @@ def main() -> None:
         step = data["meta"].get("model_step")  # the evaluated model's; evaluations before it: the last validation's
         if step is None:
             step = json.loads((run / "validation.json").read_text())[-1]["step"] if (run / "validation.json").is_file() else "?"
-        for direction, block in data["directions"].items():
+        for block in data["directions"].values():
             means = {s: {k: (v["summary"][k]["mean"] if v["summary"][k]["mean"] is not None else float("nan"))
                          for k in KEYS} for s, v in block["systems"].items()}
             rows.append((f"{block['source']}->{block['target']}", step, means))

@@ -51,10 +51,11 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import hardware  # noqa: E402
 
 from cyclegan_vc.config import load_config  # noqa: E402
 from cyclegan_vc.training import ROLES, CropSampler, Trainer  # noqa: E402
+
+from _common import hardware  # noqa: E402
 
 VARIANTS = {
     "eager": [],

@@ -82,11 +82,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from _common import hardware  # noqa: E402
-
 from cyclegan_vc.config import load_config  # noqa: E402
 from cyclegan_vc.models import gemm_convolutions  # noqa: E402
 from cyclegan_vc.training import CropSampler, Trainer, _use_fused_adam, reference_train_step  # noqa: E402
+
+from _common import hardware  # noqa: E402
 
 Step = Callable[[Trainer, torch.Tensor, torch.Tensor], object]
 

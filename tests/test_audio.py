@@ -113,7 +113,7 @@ def test_save_round_trip(tmp_path, subtype):
 
 
 def test_save_failure_leaves_nothing(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         save_audio(tmp_path / "z.wav", tone(), 16000, subtype="NOT_A_SUBTYPE")
     assert list(tmp_path.iterdir()) == []
 

@@ -229,7 +229,7 @@ def test_smooth_option_filters_the_generator_output_only(model_path, vc, speech)
     smoothed = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(smooth=1))
     both = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(smooth=1, energy="source"))
     source = VoiceConverter.load(model_path, device="cpu", options=ConversionOptions(energy="source"))
-    for direction, (src, tgt) in (("A2B", ("A", "B")), ("B2A", ("B", "A"))):
+    for direction, (_src, tgt) in (("A2B", ("A", "B")), ("B2A", ("B", "A"))):
         paper = vc.convert_mcep(feats.mcep, direction)
         expected = denormalize(smooth_frames(normalize(paper, vc.stats[tgt]), 1), vc.stats[tgt])
         np.testing.assert_allclose(smoothed.convert_mcep(feats.mcep, direction), expected, atol=1e-6)

@@ -62,7 +62,7 @@ def test_layout_and_manifest(tiny):
     manifest = json.loads((tiny / "corpus.json").read_text())
     assert manifest["voices"] == {"A": "slt", "B": "rms"} and manifest["sample_rate"] == 16000
     for split in ("train", "eval"):
-        for voice, entries in manifest["splits"][split].items():
+        for entries in manifest["splits"][split].values():
             for entry in entries:
                 assert (tiny / entry["audio"]).is_file()
                 number = int(entry["id"][1:])  # ids are line numbers in sentences.txt

@@ -22,7 +22,6 @@ Measured over the three configurations below: losses <= 3e-6, gradients <= 3e-5 
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch.nn import functional as F

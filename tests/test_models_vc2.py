@@ -11,8 +11,8 @@ import torch
 from torch.nn import functional as F
 
 from cyclegan_vc.checkpoint import export_model, load_model
-from cyclegan_vc.conversion import VoiceConverter
 from cyclegan_vc.config import PRESETS, ConfigError, config_from_dict, load_config
+from cyclegan_vc.conversion import VoiceConverter
 from cyclegan_vc.features import FeatureConfig
 from cyclegan_vc.models import (
     CycleGANVC2Generator,

@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_comm
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 import numpy as np  # noqa: E402
-from _common import hardware  # noqa: E402
 
 from cyclegan_vc.config import load_config  # noqa: E402
 from cyclegan_vc.training import CropSampler, Trainer, TrainingData  # noqa: E402
+
+from _common import hardware  # noqa: E402
 
 
 def run(trainer: Trainer, iterations: int, window: int) -> tuple[dict[str, float], dict[str, float], float]:
@@ -69,7 +70,7 @@ def main() -> None:
         "fp32, other crops": Trainer(load_config(args.preset, overrides), data, device=args.device),
     }
     first = runs["fp32"]
-    for name, trainer in runs.items():
+    for trainer in runs.values():
         if trainer is not first:
             trainer.copy_state_from(first)  # the same initial weights (and Adam's empty state)
     t = first.config.training

@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/_comm
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 import numpy as np  # noqa: E402
-from _common import DEFAULT_VCC, hardware  # noqa: E402
 
 from cyclegan_vc.audio import load_audio  # noqa: E402
 from cyclegan_vc.features import FeatureConfig, estimate_f0  # noqa: E402
 from cyclegan_vc.stats import SpeakerStats, f0_search_range  # noqa: E402
+
+from _common import DEFAULT_VCC, hardware  # noqa: E402
 
 CONFIG = FeatureConfig()  # harvest, 71-800 Hz, 5 ms
 

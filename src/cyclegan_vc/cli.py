@@ -8,9 +8,13 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .utils import OutsideFailure
+
+if TYPE_CHECKING:
+    from .options import ConversionOptions
 
 log = logging.getLogger("cyclegan_vc")
 

@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .audio import AudioError, load_audio
-from .data.corpus import list_audio_files, paper_split as apply_paper_split, utterance_id
+from .data.corpus import list_audio_files, utterance_id
+from .data.corpus import paper_split as apply_paper_split
 from .features import FeatureConfig, analyze, encode_aperiodicity
 from .stats import SpeakerStats, StatsAccumulator
 from .utils import WorkersDied, atomic_save_npz, atomic_write_json, read_json

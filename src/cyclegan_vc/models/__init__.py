@@ -12,8 +12,8 @@ from typing import Any
 from torch import nn
 
 from .discriminator import DISCRIMINATOR_HEADS, CycleGANVCDiscriminator
-from .generator import CycleGANVCGenerator
 from .gemm import GemmConv1d, GemmConv2d, WeightGradientSink, gemm_conv2d, gemm_convolutions
+from .generator import CycleGANVCGenerator
 from .layers import UPSAMPLE_INITS, GatedConv1d, GatedConv2d, ResidualBlock1d, glu, icnr_, pixel_shuffle_1d
 from .patchgan import PatchGANDiscriminator
 from .vc2 import CycleGANVC2Generator, GatedUpsample2d, MaskCycleGANVCGenerator, pixel_shuffle_2d
