@@ -54,7 +54,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     )
     print(format_summary(manifest))
     print(f"prepared data in {args.out}")
-    return 0
+    return 1 if manifest["skipped"] else 0  # every skipped file is listed above
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

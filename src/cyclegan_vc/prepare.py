@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
+import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from .data.corpus import list_audio_files, utterance_id
 from .data.corpus import paper_split as apply_paper_split
 from .features import FeatureConfig, analyze, encode_aperiodicity
 from .stats import SpeakerStats, StatsAccumulator
-from .utils import WorkersDied, atomic_save_npz, atomic_write_json, read_json
+from .utils import OutsideFailure, WorkersDied, atomic_save_npz, atomic_write_json, read_json
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -79,13 +80,36 @@ def _analyze_to_cache(audio: str, dest: str, config: dict) -> tuple[int, float] 
     except AudioError as exc:
         return exc.problem
     feats = analyze(wave, cfg)
-    atomic_save_npz(
-        dest,
-        f0=feats.f0,
-        mcep=feats.mcep.astype(np.float32),
-        ap_coded=encode_aperiodicity(feats.ap, cfg).astype(np.float32),
-    )
+    try:
+        atomic_save_npz(
+            dest,
+            f0=feats.f0,
+            mcep=feats.mcep.astype(np.float32),
+            ap_coded=encode_aperiodicity(feats.ap, cfg).astype(np.float32),
+        )
+    except OSError as exc:  # the output's fault (a full disk, no permission), not the recording's
+        raise CacheWriteError(f"cannot write the feature cache {dest}: {exc.strerror or exc}") from None
     return feats.n_frames, wave.size / rate
+
+
+class CacheWriteError(OutsideFailure):
+    """A feature file could not be written (a full disk, no permission): the whole run stops, since
+    every other file would fail alike; nothing is skipped silently."""
+
+
+def _load_cached(npz: Path, job: "_Job", config: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(f0, mcep)`` of a cache file; a damaged one (torn, bit-flipped, not an npz) is analysed again."""
+    try:
+        with np.load(npz) as data:
+            return data["f0"], data["mcep"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("damaged cache file %s (%s): analysing %s again", npz, exc, job.audio)
+    npz.unlink(missing_ok=True)
+    result = _analyze_to_cache(str(job.audio), str(npz), config.to_dict())
+    if isinstance(result, str):
+        raise AudioError(job.audio, result)
+    with np.load(npz) as data:
+        return data["f0"], data["mcep"]
 
 
 def _collect(folder: Path | None) -> list[tuple[Path, str]]:
@@ -156,27 +180,32 @@ def prepare(
     results: dict[str, tuple[int, float] | str] = {}
     jobs = max(1, jobs or os.cpu_count() or 1)
     bar = tqdm(total=len(todo), desc="analysing", unit="file", disable=not progress or not todo)
-    if jobs == 1 or len(todo) <= 1:
-        for key, job in todo.items():
-            results[key] = _analyze_to_cache(str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict())
-            bar.update()
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_analyze_to_cache, str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict()): key
-                for key, job in todo.items()
-            }
-            for fut in as_completed(futures):
-                key = futures[fut]
-                try:
-                    results[key] = fut.result()
-                except BrokenProcessPool as exc:  # not this file's fault: every pending file would fail alike
-                    raise WorkersDied("prepare()") from exc
-                except Exception as exc:  # an analysis crash in one file must not end the run
-                    results[key] = f"analysis failed: {exc}"
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for key, job in todo.items():
+                results[key] = _analyze_to_cache(str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict())
                 bar.update()
-    bar.close()
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+                futures = {
+                    pool.submit(_analyze_to_cache, str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict()): key
+                    for key, job in todo.items()
+                }
+                for fut in as_completed(futures):
+                    key = futures[fut]
+                    try:
+                        results[key] = fut.result()
+                    except BrokenProcessPool as exc:  # not this file's fault: every pending file would fail alike
+                        raise WorkersDied("prepare()") from exc
+                    except CacheWriteError:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
+                    except Exception as exc:  # an analysis crash in one file must not end the run
+                        results[key] = f"analysis failed: {exc}"
+                    bar.update()
+    finally:
+        bar.close()
 
     speakers = {
         role: {"name": Path(source if role == "A" else target).name, "train": [], "eval": []} for role in ROLES
@@ -190,8 +219,7 @@ def prepare(
             skipped.append({"audio": str(job.audio), "role": job.role, "split": job.split, "reason": result})
             log.warning("skipped %s: %s", job.audio, result)
             continue
-        with np.load(npz) as data:
-            f0_arr, mcep = data["f0"], data["mcep"]
+        f0_arr, mcep = _load_cached(npz, job, config)
         frames = int(f0_arr.shape[0])
         speakers[job.role][job.split].append(
             {
