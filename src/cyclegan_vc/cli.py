@@ -135,7 +135,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         options=_conversion_options(args),
         jobs=args.jobs,
     )
-    return _print_evaluation(run)
+    status = _print_evaluation(run)
+    print(f"serve its model: cyclegan-vc serve --models {args.out}")
+    return status
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServerLimits, serve
+
+    limits = ServerLimits(
+        max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, workers=args.workers, queue=args.queue,
+        timeout_s=args.timeout, cached_models=args.cached_models,
+    )
+    serve(args.models, host=args.host, port=args.port, limits=limits, device=args.device)
+    return 0
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
@@ -331,6 +344,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jobs_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_recipe)
+
+    p = sub.add_parser("serve", help="a web page and HTTP API converting with the trained models under a folder",
+                       description="Serve every trained model (run folders, exported model files) under --models: "
+                       "a page at http://HOST:PORT/ and an HTTP API (schema at /openapi.json). docs/serve.md.")
+    p.add_argument("--models", required=True, type=Path, help="folder searched for run folders and exported model files")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    from .serve.limits import ServerLimits  # no torch: --help stays quick
+
+    limits = ServerLimits()
+    p.add_argument("--workers", type=_positive_int, default=limits.workers, help="conversions at a time (default: %(default)s)")
+    p.add_argument("--queue", type=int, default=limits.queue, help="conversions that may wait; more get 503 (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=limits.max_upload_mb, help="largest upload in MB (default: %(default)s)")
+    p.add_argument("--max-seconds", type=float, default=limits.max_seconds, help="longest recording in seconds (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=limits.timeout_s, help="seconds a conversion may take (default: %(default)s)")
+    p.add_argument("--cached-models", type=_positive_int, default=limits.cached_models,
+                   help="loaded models kept in memory (default: %(default)s)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 
