@@ -54,7 +54,7 @@ function renderEvaluation(evaluation) {
   const heading = el("h3", `Evaluation: ${evaluation.folder}`);
   box.append(heading);
   const about = [];
-  if (evaluation.sentences) about.push(`${evaluation.sentences} sentences`);
+  if (evaluation.sentences) about.push(`${evaluation.sentences} sentence${evaluation.sentences === 1 ? "" : "s"}`);
   if (evaluation.model_step !== null && evaluation.model_step !== undefined) about.push(`model at step ${evaluation.model_step}`);
   if (evaluation.options) about.push(`smooth ${evaluation.options.smooth}, energy ${evaluation.options.energy}`);
   if (about.length) box.append(el("p", about.join(", "), { class: "hint" }));
