@@ -18,6 +18,9 @@ system-deps:
 	@command -v flite >/dev/null 2>&1 || { \
 	  echo "installing flite (the demo corpus's synthesiser)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q flite; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium (the browser of the serve page's test)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 $(STAMP): pyproject.toml | system-deps
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
