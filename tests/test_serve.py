@@ -207,7 +207,8 @@ def test_reports_serve_listed_files_only_and_sandboxed(client, models):
 
 # -- errors a person can act on -------------------------------------------------------------------
 def test_unusable_recordings_are_400_naming_the_file(client, speech):
-    assert "not a readable audio file" in _error(_post(client, b"this is text, not audio", name="notes.wav"), 400, "notes.wav")
+    message = _error(_post(client, b"this is text, not audio", name="notes.wav"), 400, "notes.wav")
+    assert message == "notes.wav: not a readable audio file (Error opening 'notes.wav': Format not recognised.)"
     assert "empty file" in _error(_post(client, b"", name="empty.wav"), 400, "empty.wav")
     silent = io.BytesIO()
     sf.write(silent, np.zeros(16000), 16000, format="WAV")

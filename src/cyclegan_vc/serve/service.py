@@ -106,6 +106,11 @@ def parse_request(upload: Upload, catalog: Catalog) -> ConvertRequest:
     return ConvertRequest(model, direction, options, name, upload.path)
 
 
+def _client_words(message: str, request: ConvertRequest) -> str:
+    """``message`` with the upload's temporary path replaced by the client's file name."""
+    return message.replace(str(request.path), request.filename)
+
+
 def probe(request: ConvertRequest, max_seconds: float) -> float:
     """The recording's duration (s) from its header: 400 when it is not audio libsndfile reads, 413 when
     longer than ``max_seconds``."""
@@ -113,7 +118,7 @@ def probe(request: ConvertRequest, max_seconds: float) -> float:
     try:
         info = sf.info(str(request.path))
     except Exception as exc:  # libsndfile raises several types for unreadable input
-        raise ApiError(400, f"{name}: not a readable audio file ({exc})", file=name) from None
+        raise ApiError(400, f"{name}: not a readable audio file ({_client_words(str(exc), request)})", file=name) from None
     seconds = info.frames / info.samplerate if info.samplerate else 0.0
     if seconds > max_seconds:
         raise ApiError(413, f"{name}: {seconds:.1f} s of audio, longer than this server's limit of {max_seconds:g} s", file=name)
@@ -134,7 +139,7 @@ def convert_upload(cache: ModelCache, catalog: Catalog, request: ConvertRequest,
     try:
         converter.convert_file(request.path, out, request.direction, on_chunk=check)
     except AudioError as exc:
-        raise ApiError(400, f"{request.filename}: {exc.problem}", file=request.filename) from None
+        raise ApiError(400, f"{request.filename}: {_client_words(exc.problem, request)}", file=request.filename) from None
     info = sf.info(str(out))
     return Converted(
         wav=out.read_bytes(),
