@@ -6,11 +6,12 @@
 The server is the command itself (``cyclegan-vc serve``, a subprocess on a free loopback port). Each
 client (a thread with its own HTTP connection) posts the same 4.0 s utterance (SF1/100013, cut to
 4.0 s, as a 16 kHz WAV) to ``POST /api/convert`` with the recommended options (smooth 6), again and
-again, until ``--seconds`` have passed; requests already sent are waited for. One request before the
-clock starts loads the model. Printed per client count: requests and their statuses, throughput
-(conversions and seconds of audio per wall second), latency p50 / p95 of the successful ones, errors
-(anything but 200; 503 is the queue refusing), and the server's peak resident memory (``VmHWM`` of
-its process, over the whole run).
+again, until ``--seconds`` have passed; after a 503 it waits as long as the Retry-After header says,
+as a client should. Requests already sent are waited for. One request before the clock starts loads
+the model. Printed per client count: requests and their statuses, throughput (conversions and
+seconds of audio per wall second), latency p50 / p95 of the successful ones, errors (anything but
+200 and 503), refusals (503: the queue was full), and the server's peak resident memory (``VmHWM``
+of its process, over the whole run).
 
 Without ``--models``, the server gets a folder with one model of the ``small`` preset's size and
 random weights (statistics from three SF1 / TM3 utterances): the speed of WORLD and of the network
@@ -115,6 +116,8 @@ def load(url: str, model_id: str, audio: bytes, fields: dict, clients: int, seco
                 response = http.post("/api/convert", files={"file": ("in.wav", audio)}, data={"model": model_id, **fields})
                 with lock:
                     results.append((response.status_code, time.perf_counter() - start))
+                if response.status_code == 503:  # as a client should: wait as long as Retry-After says
+                    time.sleep(max(0.0, min(float(response.headers.get("retry-after", 1)), deadline - time.monotonic())))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -168,7 +171,8 @@ def main() -> None:
             print(f"  requests {len(results)}: " + ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items())))
             print(f"  throughput {len(ok) / wall:.2f} conversions/s, {len(ok) * UTTERANCE_SECONDS / wall:.2f} s of audio per s")
             print(f"  latency p50 {p50:.2f} s, p95 {p95:.2f} s")
-            print(f"  errors {len(results) - len(ok)}")
+            refused = statuses.get(503, 0)
+            print(f"  errors {len(results) - len(ok) - refused}, refused by the full queue (503) {refused}")
             print(f"  server peak memory (VmHWM) {memory:.0f} MB")
 
 
