@@ -24,7 +24,6 @@ from cyclegan_vc.config import Config, ConfigError, config_from_dict, load_confi
 from cyclegan_vc.stats import SpeakerStats
 from cyclegan_vc.training import ROLES, CropSampler, Trainer, TrainingData, lr_factor, train
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -408,11 +407,11 @@ def test_sigterm_saves_the_state_and_exits(tiny_prepared, tmp_path):
 # --- short utterances --------------------------------------------------------------------------------
 
 
-def synthetic_data(frames: dict[str, list[int]]) -> TrainingData:
+def synthetic_data(frames: dict[str, list[int]], dim: int = 24) -> TrainingData:
     rng = np.random.default_rng(0)
-    stats = SpeakerStats(np.zeros(24), np.ones(24), 5.0, 0.2, 100, 50)
+    stats = SpeakerStats(np.zeros(dim), np.ones(dim), 5.0, 0.2, 100, 50)
     return TrainingData(
-        mceps={role: [rng.standard_normal((24, n)).astype(np.float32) for n in lengths] for role, lengths in frames.items()},
+        mceps={role: [rng.standard_normal((dim, n)).astype(np.float32) for n in lengths] for role, lengths in frames.items()},
         stats={"A": stats, "B": stats},
         ids={role: [f"{role}{k}" for k in range(len(lengths))] for role, lengths in frames.items()},
     )
@@ -444,3 +443,29 @@ def test_short_utterances_are_padded_or_skipped_with_a_warning(caplog):
         trainer = Trainer(debug_config(), data)
     losses = trainer.train_step()
     assert all(bool(torch.isfinite(v)) for v in losses.values())
+
+
+# --- the feature dimension comes from the data ---------------------------------------------------------
+
+
+def test_the_networks_take_the_data_feature_dimension_whatever_the_preset_says(tiny_prepared, tmp_path):
+    # a preset for 16 coefficients on data of 20: the networks take 20
+    data = synthetic_data({"A": [40, 40], "B": [40]}, dim=20)
+    preset = debug_config("model.generator_kwargs.in_channels=16", "model.discriminator_kwargs.in_height=16")
+    trainer = Trainer(preset, data)
+    assert trainer.networks["G_ab"].config["in_channels"] == 20 and trainer.networks["D_a"].config["in_height"] == 20
+    assert trainer.config.model.generator_kwargs["in_channels"] == trainer.config.model.discriminator_kwargs["in_height"] == 20
+    assert preset.model.generator_kwargs["in_channels"] == 16  # the given config is left alone
+    losses = trainer.train_step()
+    assert all(bool(torch.isfinite(v)) for v in losses.values())
+
+    # the train stage on 24-coefficient prepared data, with a preset that says 16
+    run = tmp_path / "run"
+    train(tiny_prepared, run, preset="debug", iterations=2, device="cpu", progress=False,
+          overrides=["model.generator_kwargs.in_channels=16", "model.discriminator_kwargs.in_height=16",
+                     "training.validation_interval=0"])
+    saved = load_config(run / "config.yaml")
+    assert saved.model.generator_kwargs["in_channels"] == saved.model.discriminator_kwargs["in_height"] == 24
+    model = load_model(run / "model_latest.safetensors")
+    assert model.generators["G_ab"].config["in_channels"] == 24
+    assert train(tiny_prepared, run, resume=True, iterations=3, device="cpu", progress=False).step == 3

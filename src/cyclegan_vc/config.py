@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Iterable
 import yaml
 
 from .models import check_kwargs, resolve_kwargs
+from .utils import atomic_write_bytes
 
 __all__ = [
     "PRESETS",
@@ -191,6 +191,20 @@ class Config:
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         return self
+
+    def with_feature_dim(self, dim: int) -> "Config":
+        """A copy whose networks take ``dim`` features: ``model.generator_kwargs.in_channels`` and
+        ``model.discriminator_kwargs.in_height`` set to ``dim`` (the prepared data's mel-cepstrum
+        dimension, which the model must follow whatever a preset says). ``self`` when they already are."""
+        m = self.model
+        if m.generator_kwargs.get("in_channels") == dim and m.discriminator_kwargs.get("in_height") == dim:
+            return self
+        model = dataclasses.replace(
+            m,
+            generator_kwargs={**m.generator_kwargs, "in_channels": int(dim)},
+            discriminator_kwargs={**m.discriminator_kwargs, "in_height": int(dim)},
+        )
+        return dataclasses.replace(self, model=model).validate()
 
 
 def _plain(value: Any) -> Any:
@@ -372,16 +386,6 @@ def save_config(config: Config, path: str | os.PathLike, package_version: str | 
 
     The file loads back with :func:`load_config`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = {} if package_version is None else {"package_version": package_version}
     text = yaml.safe_dump({**info, **config.to_dict()}, sort_keys=False, default_flow_style=None)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, text.encode("utf-8"))

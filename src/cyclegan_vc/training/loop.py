@@ -1,0 +1,259 @@
+"""The ``train`` stage: config resolution, the training loop, stopping on a signal or a time budget, saving.
+
+Run directory written by :func:`train`::
+
+    RUN/config.yaml                          resolved config + package_version (loads with load_config)
+    RUN/checkpoints/state_latest.safetensors full training state (exact resume)
+    RUN/checkpoints/state_00100000.safetensors  milestone copies (training.milestone_interval)
+    RUN/model_latest.safetensors             exported conversion model, latest weights
+    RUN/model_best.safetensors               exported conversion model with the best validation score
+    RUN/validation.json                      every validation: step and metrics
+    RUN/data.json                            {"prepared": absolute path of the prepared-data directory}
+    RUN/samples/step_00005000/A2B_<id>.wav   converted held-out utterances
+    RUN/tensorboard/                         scalars (losses, learning rates, validation) and audio
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..checkpoint import MODEL_BEST, MODEL_LATEST, CheckpointError, copy_checkpoint, read_metadata
+from ..config import Config, apply_overrides, config_from_dict, read_preset, save_config
+from ..utils import atomic_write_json, read_json
+from .data import TrainingData
+from .trainer import Trainer
+
+__all__ = ["STATE_LATEST", "TrainSummary", "train"]
+
+log = logging.getLogger(__name__)
+
+STATE_LATEST = "state_latest.safetensors"
+
+
+@dataclass
+class TrainSummary:
+    """What :func:`train` did: final ``step``, why it stopped (``"completed"``, ``"time_budget"``),
+    the best validation ``best_score`` (lower is better) and the paths it wrote."""
+
+    run: Path
+    step: int
+    stopped: str
+    best_score: float | None
+    model_best: Path | None
+    model_latest: Path
+    state: Path
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM handler: the first signal asks the loop to stop after the current iteration;
+    a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("%s received: stopping after this iteration and saving", signal.Signals(signum).name)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _resolve_config(run: Path, preset: str | os.PathLike | None, resume: bool, iterations: int | None, overrides: Iterable[str]) -> Config:
+    state = run / "checkpoints" / STATE_LATEST
+    if resume:
+        if not state.is_file():
+            raise FileNotFoundError(f"{run}: nothing to resume (no checkpoints/{STATE_LATEST})")
+        structure = json.loads(read_metadata(state)["structure"])
+        base, source = structure.get("config"), f"{state} (saved config)"
+        if not isinstance(base, dict):
+            raise CheckpointError(state, "holds no config")
+        if preset is not None:
+            log.info("resuming: using the run's saved config; preset %s is ignored", preset)
+    else:
+        if state.exists():
+            raise FileExistsError(f"{run} already holds a training run; pass resume=True to continue it or choose another directory")
+        base, path = read_preset("paper" if preset is None else preset)
+        source = str(path)
+    data = apply_overrides(base, overrides)
+    if iterations is not None:
+        data.setdefault("training", {})["iterations"] = iterations
+    if overrides or iterations is not None:
+        source += " with overrides"
+    return config_from_dict(data, source=source)
+
+
+def train(
+    data: str | os.PathLike,
+    run: str | os.PathLike,
+    preset: str | os.PathLike | None = None,
+    iterations: int | None = None,
+    minutes: float | None = None,
+    resume: bool = False,
+    device: str = "auto",
+    overrides: Iterable[str] = (),
+    *,
+    progress: bool = True,
+    callback: Callable[[Trainer, dict[str, torch.Tensor]], None] | None = None,
+) -> TrainSummary:
+    """Train CycleGAN-VC on a prepared-data directory into a run directory (layout in the module doc).
+
+    The networks take the prepared data's mel-cepstrum dimension (``model.generator_kwargs.in_channels``
+    and ``model.discriminator_kwargs.in_height`` follow it, and ``RUN/config.yaml`` says so).
+
+    Args:
+        data: prepared-data directory (:func:`cyclegan_vc.prepare.prepare`).
+        run: run directory; created. A new run refuses a directory that already holds a state.
+        preset: ``"paper"`` (default), ``"small"``, ``"debug"`` or a YAML path; ignored on resume,
+            where the run's saved config is used.
+        iterations: total iterations (overrides ``training.iterations``; the schedule ends there).
+        minutes: stop cleanly (validate, save) after this many minutes of this call.
+        resume: continue from ``RUN/checkpoints/state_latest.safetensors``.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        overrides: ``"section.key=value"`` strings (YAML values), applied last.
+        progress: show the tqdm progress bar.
+        callback: called as ``callback(trainer, losses)`` after every iteration.
+
+    Returns:
+        A :class:`TrainSummary`.
+
+    Raises:
+        KeyboardInterrupt: after saving the state and the latest model, when SIGINT or SIGTERM stopped
+            the run (a resume continues it exactly).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = Path(run)
+    config = _resolve_config(run, preset, resume, iterations, overrides)
+    t = config.training
+    training_data = TrainingData.from_prepared(data, eval_pairs=t.validation_utterances)
+    trainer = Trainer(config, training_data, device=device)
+    ckpt_dir = run / "checkpoints"
+    state_path = ckpt_dir / STATE_LATEST
+    if resume:
+        trainer.load(state_path)
+        log.info("resumed %s at step %d", run, trainer.step)
+    save_config(trainer.config, run / "config.yaml", package_version=__version__)
+    # Where the features came from: evaluation finds the speakers' training recordings through it.
+    atomic_write_json(run / "data.json", {"prepared": str(Path(data).resolve())})
+    history_path = run / "validation.json"
+    history = read_json(history_path) if (resume and history_path.is_file()) else []
+    log.info(
+        "training %s -> %s on %s: %d iterations, %s", training_data.speakers["A"], training_data.speakers["B"],
+        trainer.device, t.iterations, "validation on %d eval pairs" % len(training_data.eval_pairs)
+        if training_data.eval_pairs else "validation by cycle error (no eval pairs)",
+    )
+
+    writer = SummaryWriter(str(run / "tensorboard"), purge_step=trainer.step + 1 if resume else None)
+    saved_step = trainer.step if resume else -1
+    validated_step = -1
+    stopped = "completed"
+    start = time.monotonic()
+
+    def save_all() -> None:
+        nonlocal saved_step
+        trainer.save(state_path)
+        trainer.export(run / MODEL_LATEST, metrics=history[-1] if history else None)
+        saved_step = trainer.step
+
+    def validate() -> None:
+        nonlocal validated_step
+        metrics = trainer.validate(samples_dir=run / "samples" / f"step_{trainer.step:08d}", writer=writer)
+        validated_step = trainer.step
+        for key, value in metrics.items():
+            writer.add_scalar(f"validation/{key}", value, trainer.step)
+        history.append({"step": trainer.step, **metrics})
+        atomic_write_json(history_path, history)
+        text = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        if trainer.best is None or metrics["score"] < trainer.best:
+            trainer.best = metrics["score"]
+            trainer.export(run / MODEL_BEST, metrics=metrics)
+            text += " (best)"
+        log.info("step %d validation: %s", trainer.step, text)
+
+    bar = tqdm(total=t.iterations, initial=trainer.step, unit="it", dynamic_ncols=True, disable=not progress, desc="train")
+    try:
+        with _StopFlag() as stop:
+            while trainer.step < t.iterations:
+                losses = trainer.train_step()
+                bar.update(1)
+                step = trainer.step
+                if callback is not None:
+                    callback(trainer, losses)
+                if step % t.log_interval == 0:
+                    values = {k: float(v) for k, v in losses.items()}
+                    for key, value in values.items():
+                        writer.add_scalar(f"loss/{key}", value, step)
+                    for role, lr in trainer.learning_rates().items():
+                        writer.add_scalar(f"lr/{role}", lr, step)
+                    bar.set_postfix(G=f"{values['generator']:.3f}", D=f"{values['discriminator']:.3f}",
+                                    cyc=f"{values['cycle']:.3f}", refresh=False)
+                    if not all(math.isfinite(v) for v in values.values()):
+                        raise FloatingPointError(f"non-finite loss at step {step}: {values}")
+                if t.validation_interval and step % t.validation_interval == 0:
+                    validate()
+                milestone = t.milestone_interval and step % t.milestone_interval == 0
+                if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or milestone:
+                    save_all()
+                    if milestone:
+                        copy_checkpoint(state_path, ckpt_dir / f"state_{step:08d}.safetensors")
+                if stop.signal is not None:
+                    stopped = "interrupted"
+                    break
+                if minutes is not None and time.monotonic() - start >= minutes * 60:
+                    stopped = "time_budget"
+                    log.info("time budget of %g min reached at step %d", minutes, step)
+                    break
+            if stopped != "interrupted" and validated_step != trainer.step:
+                validate()
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        raise
+    except Exception:
+        stopped = "failed"
+        log.error("training failed at step %d; the last saved state (step %d) is kept", trainer.step, saved_step)
+        raise
+    finally:
+        bar.close()
+        try:
+            if saved_step != trainer.step and stopped != "failed":
+                if stopped == "interrupted":
+                    log.warning("interrupted at step %d: saving the training state", trainer.step)
+                save_all()
+        finally:
+            writer.close()
+    if stopped == "interrupted":
+        raise KeyboardInterrupt(f"training interrupted at step {trainer.step}; state saved in {state_path}")
+    best = run / MODEL_BEST
+    return TrainSummary(
+        run=run,
+        step=trainer.step,
+        stopped=stopped,
+        best_score=trainer.best,
+        model_best=best if best.is_file() else None,
+        model_latest=run / MODEL_LATEST,
+        state=state_path,
+    )

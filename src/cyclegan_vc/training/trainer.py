@@ -1,0 +1,361 @@
+"""The :class:`Trainer`: networks and optimisers keyed by role, the schedule, and the training state.
+
+One iteration (:meth:`Trainer.train_step`), with ``x`` a batch of crops of speaker A and ``y`` of B,
+drawn independently (normalised MCEPs, ``(N, D, crop_frames)``):
+
+1. generators: ``fake_b = G_ab(x)``, ``fake_a = G_ba(y)``, cycles ``G_ba(fake_b)``, ``G_ab(fake_a)``,
+   identities ``G_ba(x)``, ``G_ab(y)`` while ``step < identity_steps``; the loss in
+   :mod:`cyclegan_vc.losses`; one Adam step each for ``G_ab`` and ``G_ba`` (the discriminators'
+   parameters get no gradient from this loss);
+2. discriminators: least-squares loss on ``(x, fake_a)`` for ``D_a`` and ``(y, fake_b)`` for ``D_b``
+   with the fakes of step 1 detached; one Adam step each for ``D_a`` and ``D_b``;
+3. with ``training.generator_ema > 0`` (a named deviation; 0, the paper, by default), each
+   generator's weight average moves towards its new weights: ``ema = decay * ema + (1 - decay) * w``;
+   the averages, not the trained weights, are then what validation scores and the exported models hold;
+4. ``step += 1`` and every optimiser's learning rate is set to its own base rate times
+   :func:`lr_factor` of the new step.
+
+The iteration itself is in :mod:`.steps`, validation in :mod:`.validation`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..checkpoint import STATE_KIND, CheckpointError, export_model, load_checkpoint, require_keys, save_checkpoint
+from ..config import Config
+from ..conversion import VoiceConverter
+from ..devices import cpu_has_native_bf16, resolve_device
+from ..directions import DISCRIMINATORS, GENERATORS
+from ..models import build_discriminator, build_generator
+from ..options import ConversionOptions
+from .data import CropSampler, TrainingData, rng_state, set_rng_state
+from .steps import fast_train_step, reference_train_step
+from .validation import ReferenceCepstra, validate
+
+__all__ = ["ROLES", "Trainer", "lr_factor"]
+
+log = logging.getLogger(__name__)
+
+#: the networks of CycleGAN-VC, by role, in the order they are built and stepped
+ROLES = GENERATORS + DISCRIMINATORS
+
+
+def lr_factor(step: int, decay_start: int, total: int) -> float:
+    """Learning-rate multiplier after ``step`` completed iterations.
+
+    1 while ``step < decay_start``, then linear to 0 at ``step == total``:
+    ``(total - step) / (total - decay_start)``; always 1 when ``total <= decay_start``.
+    """
+    if total <= decay_start or step <= decay_start:
+        return 1.0
+    return max(0.0, (total - step) / (total - decay_start))
+
+
+class Trainer:
+    """Networks, optimisers and the schedule of one CycleGAN-VC training, keyed by role.
+
+    ``networks`` and ``optimizers`` are dicts over :attr:`roles` (``G_ab``: A->B, ``G_ba``: B->A,
+    ``D_a``, ``D_b``); each network has its own Adam optimiser with its own learning rate and betas.
+    Weights are initialised from ``training.seed`` without touching the global RNG.
+
+    Args:
+        config: the training configuration. With ``data``, the networks take the data's mel-cepstrum
+            dimension whatever the config's ``in_channels`` / ``in_height`` say (:attr:`config` is then
+            the config with the data's dimension).
+        data: training data; needed for :meth:`train_step` without explicit batches, for
+            :meth:`validate` and :meth:`export`.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+
+    Attributes:
+        roles: the networks' roles, in the order their optimisers step.
+        calls: by role, what :meth:`train_step` calls: the network itself, or its ``torch.compile``
+            wrapper (same parameters) with ``training.compile``.
+    """
+
+    def __init__(self, config: Config, data: TrainingData | None = None, device: str | torch.device = "cpu") -> None:
+        config = config.validate()
+        if data is not None and config.with_feature_dim(data.feature_dim) is not config:
+            log.info("the prepared data has %d mel-cepstral coefficients: the networks take %d", data.feature_dim, data.feature_dim)
+            config = config.with_feature_dim(data.feature_dim)
+        self.config = config
+        self.device = resolve_device(device)
+        t, m = config.training, config.model
+        self.roles: tuple[str, ...] = ROLES
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(t.seed)
+            self.networks: dict[str, nn.Module] = {
+                "G_ab": build_generator(m.generator, **m.generator_kwargs),
+                "G_ba": build_generator(m.generator, **m.generator_kwargs),
+                "D_a": build_discriminator(m.discriminator, **m.discriminator_kwargs),
+                "D_b": build_discriminator(m.discriminator, **m.discriminator_kwargs),
+            }
+        for net in self.networks.values():
+            net.to(self.device).train()
+        # training.generator_ema > 0: running averages of the generators' weights, which validation,
+        # export and conversion use instead of the trained weights (a named deviation; 0 = the paper)
+        self.ema: dict[str, nn.Module] = {}
+        if t.generator_ema > 0:
+            self.ema = {role: copy.deepcopy(self.networks[role]).requires_grad_(False).eval() for role in GENERATORS}
+        self.base_lr = {role: t.generator_lr if role in GENERATORS else t.discriminator_lr for role in self.roles}
+        betas = {role: t.generator_betas if role in GENERATORS else t.discriminator_betas for role in self.roles}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            role: torch.optim.Adam(self.networks[role].parameters(), lr=self.base_lr[role], betas=tuple(betas[role]))
+            for role in self.roles
+        }
+        self.step = 0
+        self.best: float | None = None
+        self.data = data
+        self.sampler: CropSampler | None = None
+        if data is not None:
+            self.sampler = CropSampler(data.mceps, t.crop_frames, t.batch_size, t.seed, t.short_utterances, data.ids)
+        # training.compile: the step calls compiled wrappers of the networks (same parameters); validation,
+        # export and the reference step call the networks themselves
+        self.calls: dict[str, Callable[..., torch.Tensor]] = dict(self.networks)
+        if t.compile != "none":
+            mode = None if t.compile == "default" else t.compile
+            self.calls = {role: torch.compile(net, mode=mode, dynamic=False) for role, net in self.networks.items()}
+        self.amp = bool(t.amp and self.device.type in ("cpu", "cuda"))
+        if t.amp and not self.amp:
+            log.warning("training.amp is on but the device is %s: bf16 autocast applies to CPU and CUDA; running fp32", self.device)
+        elif self.amp and self.device.type == "cpu" and not cpu_has_native_bf16():
+            log.warning(
+                "training.amp on a CPU without native bf16 (AVX512-BF16 or AMX): the bf16 products are emulated, "
+                "far slower than fp32 (30x for `paper` on an AVX2 machine); use it there to check numerics"
+            )
+        self.reference_cepstra = ReferenceCepstra(data.features) if data is not None else None
+        self._apply_schedule()
+
+    # -- schedule ---------------------------------------------------------------------------------
+    def lr_factor(self, step: int | None = None) -> float:
+        """:func:`lr_factor` of ``step`` (default: the current step) under this config."""
+        t = self.config.training
+        return lr_factor(self.step if step is None else step, t.lr_decay_start, t.iterations)
+
+    def _apply_schedule(self) -> None:
+        factor = self.lr_factor()
+        for role, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = self.base_lr[role] * factor
+
+    def learning_rates(self) -> dict[str, float]:
+        """Current learning rate of each optimiser, by role."""
+        return {role: float(opt.param_groups[0]["lr"]) for role, opt in self.optimizers.items()}
+
+    def copy_state_from(self, other: "Trainer") -> None:
+        """Take ``other``'s training state: the networks' weights, their Adam states (copies, not shared
+        tensors), the step and its learning rates; to run two trainers' iterations from one state (the
+        equivalence tests, ``benchmarks/train_gpu.py``). Weight averages and samplers are not copied."""
+        for role in self.roles:
+            self.networks[role].load_state_dict(other.networks[role].state_dict())
+            # a deep copy: load_state_dict keeps the given tensors when their device and dtype fit
+            self.optimizers[role].load_state_dict(copy.deepcopy(other.optimizers[role].state_dict()))
+        self.step = other.step
+        self._apply_schedule()
+
+    @property
+    def uses_identity(self) -> bool:
+        """Whether the next iteration includes the identity-mapping loss (``step < identity_steps``)."""
+        t = self.config.training
+        return self.step < t.identity_steps and t.identity_weight > 0
+
+    def generator(self, role: str) -> nn.Module:
+        """The generator that converts for ``role`` (``"G_ab"``, ``"G_ba"``): its weight average when
+        ``training.generator_ema`` is on, else the trained network itself."""
+        return self.ema.get(role, self.networks[role])
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema = decay * ema + (1 - decay) * weights`` for both generators (after their Adam steps)."""
+        if not self.ema:
+            return
+        weight = 1.0 - self.config.training.generator_ema
+        for role, average in self.ema.items():
+            # one multi-tensor kernel per generator instead of one call per parameter
+            torch._foreach_lerp_(list(average.parameters()), [p.detach() for p in self.networks[role].parameters()], weight)
+            for avg, b in zip(average.buffers(), self.networks[role].buffers()):
+                avg.copy_(b)
+
+    def finish_step(self) -> None:
+        """The end of an iteration, after every optimiser stepped: weight averages, ``step += 1``, the
+        learning rates of the new step."""
+        self._update_ema()
+        self.step += 1
+        self._apply_schedule()
+
+    def autocast(self):
+        """bf16 autocast on the trainer's device with ``training.amp`` (the networks' products in bf16;
+        parameters, gradients, losses and Adam stay fp32; under autocast the GEMM convolutions are
+        PyTorch's own), else nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
+
+    @staticmethod
+    @contextmanager
+    def eval_mode(*nets: nn.Module) -> Iterator[None]:
+        """``nets`` in eval mode inside the block, each back in its own previous mode after it."""
+        modes = [net.training for net in nets]
+        for net in nets:
+            net.eval()
+        try:
+            yield
+        finally:
+            for net, mode in zip(nets, modes):
+                net.train(mode)
+
+    # -- one iteration ----------------------------------------------------------------------------
+    def train_step(self, real_a: torch.Tensor | None = None, real_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One iteration: generator update, then discriminator update, then ``step += 1``.
+
+        The algorithm of :func:`~.steps.reference_train_step` (same losses and updates within float
+        rounding, checked by ``tests/test_fast_step.py``), computed by :func:`~.steps.fast_train_step`
+        with no recomputation and large batches. Batches of different shapes cannot share calls:
+        they take :func:`~.steps.reference_train_step`.
+
+        Args:
+            real_a, real_b: ``(N, D, crop_frames)`` normalised MCEPs of speakers A and B; drawn from
+                the sampler when omitted.
+
+        Returns:
+            Detached scalar tensors: ``generator`` (total), ``adversarial_ab`` (D_b on G_ab's output),
+            ``adversarial_ba``, ``cycle`` (unweighted L1 sum of both directions), ``identity``
+            (unweighted; 0 after the cut-off), ``discriminator`` (total), ``discriminator_a``,
+            ``discriminator_b``.
+        """
+        if real_a is None or real_b is None:
+            if self.sampler is None:
+                raise RuntimeError("Trainer without data: pass real_a and real_b to train_step")
+            real_a = self.sampler.sample("A") if real_a is None else real_a
+            real_b = self.sampler.sample("B") if real_b is None else real_b
+        x = real_a.to(self.device, torch.float32)
+        y = real_b.to(self.device, torch.float32)
+        if x.shape != y.shape:  # the batched calls need equal shapes
+            return reference_train_step(self, x, y)
+        return fast_train_step(self, x, y)
+
+    # -- conversion and validation ----------------------------------------------------------------
+    @contextmanager
+    def converter(self, options: ConversionOptions | None = None) -> Iterator[VoiceConverter]:
+        """A :class:`~cyclegan_vc.conversion.VoiceConverter` over the current generators (their weight
+        averages with ``training.generator_ema``) and the data's statistics and features, with
+        ``options`` (default: the paper's conversion); the generators are back in their own modes after
+        the block."""
+        if self.data is None:
+            raise RuntimeError("Trainer without data has no speaker statistics")
+        generators = {role: self.generator(role) for role in GENERATORS}
+        with self.eval_mode(*generators.values()):
+            yield VoiceConverter(
+                generators, self.data.stats, self.data.features, self.data.speakers,
+                device=self.device, options=options, step=self.step,
+            )
+
+    def convert_mcep(self, mcep: np.ndarray, direction: str, options: ConversionOptions | None = None) -> np.ndarray:
+        """``(T, D)`` raw MCEPs -> converted ``(T, D)``, as :meth:`VoiceConverter.convert_mcep
+        <cyclegan_vc.conversion.VoiceConverter.convert_mcep>` converts them with the current generators."""
+        with self.converter(options) as converter:
+            return converter.convert_mcep(mcep, direction)
+
+    def validate(
+        self, samples_dir: str | os.PathLike | None = None, writer: Any = None, options: ConversionOptions | None = None
+    ) -> dict[str, float]:
+        """Score the current generators (:func:`~.validation.validate`); lower ``score`` is better."""
+        return validate(self, samples_dir, writer, options)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The full training state as a nested dict of tensors and numbers."""
+        return {
+            "networks": {role: net.state_dict() for role, net in self.networks.items()},
+            "ema": {role: net.state_dict() for role, net in self.ema.items()} or None,
+            "optimizers": {role: opt.state_dict() for role, opt in self.optimizers.items()},
+            "schedule": {
+                "kind": "constant_then_linear",
+                "decay_start": self.config.training.lr_decay_start,
+                "total": self.config.training.iterations,
+                "base_lr": dict(self.base_lr),
+                "factor": self.lr_factor(),
+            },
+            "step": self.step,
+            "best": self.best,
+            "rng": rng_state(),
+            "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the full training state atomically (see :mod:`cyclegan_vc.checkpoint`)."""
+        return save_checkpoint(path, self.state_dict(), STATE_KIND)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore a state written by :meth:`save` (any device) for an exact continuation.
+
+        The model section of the checkpoint's config must equal this trainer's; training settings may
+        differ (e.g. more iterations), and the schedule follows this trainer's config.
+
+        Raises:
+            CheckpointError: the file is no training state, or one of another model configuration.
+        """
+        payload = load_checkpoint(path, STATE_KIND, device="cpu")
+        require_keys(payload, ("networks", "optimizers", "step", "best", "rng", "sampler", "config"), path)
+        saved_model = payload["config"].get("model")
+        if saved_model != self.config.to_dict()["model"]:
+            raise CheckpointError(path, f"was trained with model config {saved_model}, not {self.config.to_dict()['model']}")
+        changed = _diff(payload["config"].get("training", {}), self.config.to_dict()["training"])
+        if changed:
+            log.info("resuming with changed training settings: %s", ", ".join(changed))
+        try:
+            for role in self.roles:
+                self.networks[role].load_state_dict(payload["networks"][role], strict=True)
+                self.optimizers[role].load_state_dict(payload["optimizers"][role])
+                for group in self.optimizers[role].param_groups:
+                    group["betas"] = tuple(group["betas"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(path, f"does not fit this trainer: {exc}") from None
+        saved_ema = payload.get("ema") or {}
+        for role, average in self.ema.items():
+            if role in saved_ema:
+                try:
+                    average.load_state_dict(saved_ema[role], strict=True)
+                except RuntimeError as exc:
+                    raise CheckpointError(path, f"weight average of {role} does not fit this trainer: {exc}") from None
+            else:
+                average.load_state_dict(self.networks[role].state_dict())
+        if self.ema and not saved_ema:
+            log.info("%s holds no generator weight average: starting it from the checkpoint's weights", path)
+        self.step = int(payload["step"])
+        self.best = None if payload["best"] is None else float(payload["best"])
+        if self.sampler is not None:
+            if payload["sampler"] is None:
+                raise CheckpointError(path, "holds no sampler state")
+            self.sampler.load_state_dict(payload["sampler"])
+        set_rng_state(payload["rng"])
+        self._apply_schedule()
+
+    def export(self, path: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
+        """Write the conversion model (both generators, statistics, feature settings, config)."""
+        if self.data is None:
+            raise RuntimeError("Trainer without data cannot export a model (no speaker statistics)")
+        return export_model(
+            path,
+            {role: self.generator(role) for role in GENERATORS},
+            generator=self.config.model.generator,
+            generator_kwargs=dict(self.networks["G_ab"].config),
+            stats=self.data.stats,
+            features=self.data.features,
+            speakers=self.data.speakers,
+            step=self.step,
+            config=self.config.to_dict(),
+            metrics=metrics,
+        )
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
