@@ -3,6 +3,8 @@
 - :class:`TrainingData`: the normalised training mel-cepstra, statistics, feature settings and held-out
   parallel pairs of a prepared-data directory;
 - :class:`CropSampler`: random fixed-length crops per speaker from its own seeded generator;
+- :class:`MaskSampler`: the temporal masks of filling in frames (MaskCycleGAN-VC), from its own seeded
+  generator;
 - :func:`rng_state` / :func:`set_rng_state`: the global Python, NumPy and torch generators as plain
   tensors and numbers, for the training state.
 """
@@ -22,7 +24,7 @@ import torch
 from ..features import FeatureConfig
 from ..stats import SpeakerStats, normalize
 
-__all__ = ["CropSampler", "EvalUtterance", "TrainingData", "rng_state", "set_rng_state"]
+__all__ = ["CropSampler", "EvalUtterance", "MaskSampler", "TrainingData", "rng_state", "set_rng_state"]
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,44 @@ class CropSampler:
             start = int(torch.randint(utterance.shape[1] - self.crop_frames + 1, (1,), generator=self.generator))
             crops.append(utterance[:, start : start + self.crop_frames])
         return torch.stack(crops)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"].to("cpu", torch.uint8))
+
+
+class MaskSampler:
+    """Temporal masks of filling in frames (FIF, MaskCycleGAN-VC), with their own seeded generator.
+
+    Each mask is ones with one run of ``L`` consecutive zero frames, ``L`` uniform in
+    ``0..max_frames`` (both ends included) and its start uniform among the ``frames - L + 1`` places
+    it fits. The generator is seeded from ``seed`` apart from the crop sampler's (an independent
+    stream), and its state is part of the training state, so a resumed run draws the same masks.
+
+    Args:
+        max_frames: the longest run of zeroed frames (``training.mask_frames``), ``>= 0``.
+        seed: the training seed.
+    """
+
+    def __init__(self, max_frames: int, seed: int) -> None:
+        if max_frames < 0:
+            raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+        self.max_frames = int(max_frames)
+        stream = np.random.SeedSequence([int(seed), 0x6D61736B])  # "mask": a stream apart from the crops'
+        self.generator = torch.Generator().manual_seed(int(stream.generate_state(1, np.uint64)[0]))
+
+    def sample(self, batch: int, frames: int) -> torch.Tensor:
+        """``(batch, 1, frames)`` float32 masks (1 = kept frame, 0 = frame to fill in)."""
+        if self.max_frames >= frames:
+            raise ValueError(f"a run of up to {self.max_frames} masked frames does not fit a {frames}-frame crop")
+        masks = torch.ones(batch, 1, frames)
+        lengths = torch.randint(self.max_frames + 1, (batch,), generator=self.generator).tolist()
+        for k, length in enumerate(lengths):
+            start = int(torch.randint(frames - length + 1, (1,), generator=self.generator))
+            masks[k, 0, start : start + length] = 0.0
+        return masks
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"generator": self.generator.get_state()}

@@ -4,13 +4,16 @@
 float rounding, checked by ``tests/test_fast_step.py``); the reference is written for reading, the fast
 one for speed (batched generator calls, one discriminator pass, gradients into persistent buffers,
 fused Adam). Both take a :class:`~cyclegan_vc.training.trainer.Trainer` and update its networks,
-optimisers, weight averages, step and learning rates; both return the same loss dict.
+optimisers, weight averages, step and learning rates; both return the same loss dict. Both cover the
+successors' objectives: the two-step adversarial loss of CycleGAN-VC2 (``training.two_step_adversarial``:
+second discriminators ``D2_a``, ``D2_b`` on the cycle-reconstructed features) and filling in frames of
+MaskCycleGAN-VC (``training.mask_frames``: the source crops' masks, given by the trainer).
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -20,12 +23,15 @@ from ..losses import l1, lsgan_discriminator, lsgan_generator
 from ..models import WeightGradientSink, gemm_convolutions
 
 if TYPE_CHECKING:
+    from ..config import TrainingConfig
     from .trainer import Trainer
 
-__all__ = ["fast_train_step", "reference_train_step"]
+__all__ = ["fast_train_step", "generator_loss", "loss_dict", "reference_train_step", "set_gradients"]
 
 
-def fast_train_step(trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def fast_train_step(
+    trainer: "Trainer", x: torch.Tensor, y: torch.Tensor, mask_a: torch.Tensor | None = None, mask_b: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """The iteration of :func:`reference_train_step` with no recomputation and large batches.
 
     - every generator output is computed once, and passes through the same generator that do not
@@ -33,9 +39,10 @@ def fast_train_step(trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> dic
       independent): ``G_ab([x, y])`` gives ``fake_b`` and the identity ``G_ab(y)``;
       ``G_ba([y, x, fake_b])`` gives ``fake_a``, the identity ``G_ba(x)`` and the cycle ``G_ba(fake_b)``;
       ``G_ab(fake_a)`` the other cycle (without the identity loss: ``G_ab(x)``, ``G_ba([y, fake_b])``,
-      ``G_ab(fake_a)``);
-    - each discriminator runs once, on ``[real, fake]``; its fake scores serve both the generators'
-      adversarial loss and its own loss;
+      ``G_ab(fake_a)``); with filling in frames, the masks of the batched call are the source's for
+      ``x`` into ``G_ab`` and ``y`` into ``G_ba``, ones for the rest;
+    - each discriminator runs once, on ``[real, fake]`` (the second-step ones on ``[real, cycle]``);
+      its fake scores serve both the generators' adversarial loss and its own loss;
     - two backward passes through the shared graph: the generator loss to the generators'
       parameters only, the discriminator loss to the discriminators' parameters only (the gradient
       of the discriminator loss with respect to its parameters does not depend on whether the fake
@@ -52,6 +59,8 @@ def fast_train_step(trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> dic
         trainer: the trainer to update.
         x, y: ``(N, D, crop_frames)`` normalised MCEPs of speakers A and B on the trainer's device,
             of equal shapes (the batched calls need them).
+        mask_a, mask_b: ``(N, 1, crop_frames)`` filling-in-frames masks of ``x`` and ``y`` (1 kept,
+            0 filled in), or ``None`` without masking.
 
     Returns:
         The loss dict of :func:`loss_dict`.
@@ -60,61 +69,100 @@ def fast_train_step(trainer: "Trainer", x: torch.Tensor, y: torch.Tensor) -> dic
     D_a, D_b = (trainer.calls[r] for r in DISCRIMINATORS)
     t = trainer.config.training
     identity_on = trainer.uses_identity
-    n = x.shape[0]
+    two_step = t.two_step_adversarial
     plain_convolutions = (lambda: gemm_convolutions(False)) if t.compile != "none" else nullcontext
     if t.compile == "reduce-overhead" and trainer.device.type == "cuda":
         torch.compiler.cudagraph_mark_step_begin()  # a new iteration: CUDA graph outputs of the last one are dead
 
     with trainer.autocast(), plain_convolutions():
         if identity_on:
-            fake_b, same_b = G_ab(torch.cat([x, y])).split(n)
-            fake_a, same_a, cycle_a = G_ba(torch.cat([y, x, fake_b])).split(n)
+            fake_b, same_b = _batched(G_ab, (x, mask_a), (y, None))
+            fake_a, same_a, cycle_a = _batched(G_ba, (y, mask_b), (x, None), (fake_b, None))
         else:
-            fake_b = G_ab(x)
-            fake_a, cycle_a = G_ba(torch.cat([y, fake_b])).split(n)
-        cycle_b = G_ab(fake_a)
-        real_score_a, fake_score_a = D_a(torch.cat([x, fake_a])).split(n)
-        real_score_b, fake_score_b = D_b(torch.cat([y, fake_b])).split(n)
-
-        adv_ab = lsgan_generator(fake_score_b)
-        adv_ba = lsgan_generator(fake_score_a)
-        cycle = l1(cycle_a, x) + l1(cycle_b, y)
-        if identity_on:
-            identity = l1(same_a, x) + l1(same_b, y)
-            loss_g = adv_ab + adv_ba + t.cycle_weight * cycle + t.identity_weight * identity
-        else:
-            identity = torch.zeros((), device=trainer.device)
-            loss_g = adv_ab + adv_ba + t.cycle_weight * cycle
-        loss_d_a = lsgan_discriminator(real_score_a, fake_score_a)
-        loss_d_b = lsgan_discriminator(real_score_b, fake_score_b)
-        loss_d = loss_d_a + loss_d_b
+            (fake_b,) = _batched(G_ab, (x, mask_a))
+            fake_a, cycle_a = _batched(G_ba, (y, mask_b), (fake_b, None))
+        (cycle_b,) = _batched(G_ab, (fake_a, None))
+        real_score_a, fake_score_a = _batched(D_a, (x, None), (fake_a, None))
+        real_score_b, fake_score_b = _batched(D_b, (y, None), (fake_b, None))
+        terms = {
+            "adversarial_ab": lsgan_generator(fake_score_b),
+            "adversarial_ba": lsgan_generator(fake_score_a),
+            "cycle": l1(cycle_a, x) + l1(cycle_b, y),
+            "identity": l1(same_a, x) + l1(same_b, y) if identity_on else torch.zeros((), device=trainer.device),
+            "discriminator_a": lsgan_discriminator(real_score_a, fake_score_a),
+            "discriminator_b": lsgan_discriminator(real_score_b, fake_score_b),
+        }
+        if two_step:
+            real_score2_a, cycle_score_a = _batched(trainer.calls["D2_a"], (x, None), (cycle_a, None))
+            real_score2_b, cycle_score_b = _batched(trainer.calls["D2_b"], (y, None), (cycle_b, None))
+            terms.update(
+                adversarial2_a=lsgan_generator(cycle_score_a),
+                adversarial2_b=lsgan_generator(cycle_score_b),
+                discriminator2_a=lsgan_discriminator(real_score2_a, cycle_score_a),
+                discriminator2_b=lsgan_discriminator(real_score2_b, cycle_score_b),
+            )
+        losses = loss_dict(t, terms, identity_on)
 
     g_params = [p for role in GENERATORS for p in trainer.networks[role].parameters()]
-    d_params = [p for role in DISCRIMINATORS for p in trainer.networks[role].parameters()]
+    d_params = [p for role in trainer.roles if role not in GENERATORS for p in trainer.networks[role].parameters()]
     with plain_convolutions():
-        set_gradients(loss_g, g_params, retain_graph=True)  # through D_a, D_b: their weights get nothing
-        set_gradients(loss_d, d_params, retain_graph=False)  # stops at the fakes: G_ab, G_ba get nothing
+        set_gradients(losses["generator"], g_params, retain_graph=True)  # through the discriminators: their weights get nothing
+        set_gradients(losses["discriminator"], d_params, retain_graph=False)  # stops at the fakes: the generators get nothing
     for role in trainer.roles:
         _use_fused_adam(trainer.optimizers[role])
         trainer.optimizers[role].step()
     trainer.finish_step()
-    return loss_dict(loss_g, adv_ab, adv_ba, cycle, identity, loss_d, loss_d_a, loss_d_b)
+    return {k: v.detach() for k, v in losses.items()}
 
 
-def reference_train_step(trainer: "Trainer", real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, torch.Tensor]:
+def _batched(net: Callable[..., torch.Tensor], *parts: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
+    """``net`` on the batch of every part's input, split back into one output per part.
+
+    Each part is ``(input, mask)``; with no mask at all the network is called on the inputs alone,
+    else with the masks (ones for a part without one) as its second argument.
+    """
+    inputs = torch.cat([p for p, _ in parts]) if len(parts) > 1 else parts[0][0]
+    if all(m is None for _, m in parts):
+        out = net(inputs)
+    else:
+        masks = [torch.ones_like(p[:, :1]) if m is None else m for p, m in parts]
+        out = net(inputs, torch.cat(masks) if len(masks) > 1 else masks[0])
+    return out.split(parts[0][0].shape[0])
+
+
+def _generate(net: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``net(x)``, or ``net(x, mask)`` with a filling-in-frames mask."""
+    return net(x) if mask is None else net(x, mask)
+
+
+def reference_train_step(
+    trainer: "Trainer", real_a: torch.Tensor, real_b: torch.Tensor,
+    mask_a: torch.Tensor | None = None, mask_b: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """The straightforward CycleGAN-VC iteration, kept as the numerical reference of :meth:`Trainer.train_step`.
 
-    Does what :meth:`Trainer.train_step` does, written plainly: the generator passes one by one
-    (``G_ab(x)``, ``G_ba(y)``, the cycles, the identities), the discriminators frozen
-    (``requires_grad_(False)``) for the generators' backward pass and one Adam step each for ``G_ab``
-    and ``G_ba``; then fresh discriminator passes on the real batches and on the detached fakes, the
-    discriminator loss's backward pass and one Adam step each for ``D_a`` and ``D_b``; ``step += 1``
-    and the learning-rate schedule. Uses the trainer's networks themselves (not compiled wrappers) and
-    its optimisers as they are configured.
+    Does what :meth:`Trainer.train_step` does, written plainly:
+
+    1. the discriminators frozen (``requires_grad_(False)``); the generator passes one by one:
+       ``fake_b = G_ab(x)`` (with filling in frames ``G_ab(x * mask_a, mask_a)``),
+       ``fake_a = G_ba(y)`` (``G_ba(y * mask_b, mask_b)``), the cycles ``G_ba(fake_b)``,
+       ``G_ab(fake_a)`` and the identities ``G_ba(x)``, ``G_ab(y)`` with all-ones masks; the generator
+       loss (:mod:`cyclegan_vc.losses`; with ``training.two_step_adversarial`` also
+       ``lsgan_generator(D2_a(cycle_a)) + lsgan_generator(D2_b(cycle_b))``), its backward pass and one
+       Adam step each for ``G_ab`` and ``G_ba``;
+    2. fresh discriminator passes on the real batches and on the detached fakes (``D_a``: ``x`` against
+       ``fake_a``; ``D_b``: ``y`` against ``fake_b``; the second-step ``D2_a``: ``x`` against the
+       detached ``cycle_a``, ``D2_b``: ``y`` against ``cycle_b``), the discriminator loss's backward
+       pass and one Adam step for each discriminator;
+    3. :meth:`Trainer.finish_step`: weight averages, ``step += 1``, the learning-rate schedule.
+
+    Uses the trainer's networks themselves (not compiled wrappers) and its optimisers as they are configured.
 
     Args:
         trainer: the trainer whose networks, optimisers and step are updated.
         real_a, real_b: ``(N, D, crop_frames)`` normalised MCEPs of speakers A and B.
+        mask_a, mask_b: ``(N, 1, crop_frames)`` filling-in-frames masks of ``real_a`` and ``real_b``
+            (1 kept, 0 filled in), or ``None`` without masking.
 
     Returns:
         The loss dict of :meth:`Trainer.train_step` (detached scalars, same keys).
@@ -123,67 +171,86 @@ def reference_train_step(trainer: "Trainer", real_a: torch.Tensor, real_b: torch
     y = real_b.to(trainer.device, torch.float32)
     G_ab, G_ba = (trainer.networks[r] for r in GENERATORS)
     D_a, D_b = (trainer.networks[r] for r in DISCRIMINATORS)
+    discriminators = [role for role in trainer.roles if role not in GENERATORS]
     t = trainer.config.training
     identity_on = trainer.uses_identity
+    two_step = t.two_step_adversarial
 
-    for d in (D_a, D_b):
-        d.requires_grad_(False)
+    for role in discriminators:
+        trainer.networks[role].requires_grad_(False)
     try:
         with trainer.autocast():
-            fake_b, fake_a = G_ab(x), G_ba(y)
+            fake_b, fake_a = _generate(G_ab, x, mask_a), _generate(G_ba, y, mask_b)
             cycle_a, cycle_b = G_ba(fake_b), G_ab(fake_a)
-            adv_ab = lsgan_generator(D_b(fake_b))
-            adv_ba = lsgan_generator(D_a(fake_a))
-            cycle = l1(cycle_a, x) + l1(cycle_b, y)
-            if identity_on:
-                identity = l1(G_ba(x), x) + l1(G_ab(y), y)
-                loss_g = adv_ab + adv_ba + t.cycle_weight * cycle + t.identity_weight * identity
-            else:
-                identity = torch.zeros((), device=trainer.device)
-                loss_g = adv_ab + adv_ba + t.cycle_weight * cycle
+            terms = {
+                "adversarial_ab": lsgan_generator(D_b(fake_b)),
+                "adversarial_ba": lsgan_generator(D_a(fake_a)),
+                "cycle": l1(cycle_a, x) + l1(cycle_b, y),
+                "identity": l1(G_ba(x), x) + l1(G_ab(y), y) if identity_on else torch.zeros((), device=trainer.device),
+            }
+            if two_step:
+                terms["adversarial2_a"] = lsgan_generator(trainer.networks["D2_a"](cycle_a))
+                terms["adversarial2_b"] = lsgan_generator(trainer.networks["D2_b"](cycle_b))
+            loss_g = generator_loss(t, terms, identity_on)
         for role in GENERATORS:
             trainer.optimizers[role].zero_grad(set_to_none=True)
         loss_g.backward()
         for role in GENERATORS:
             trainer.optimizers[role].step()
     finally:
-        for d in (D_a, D_b):
-            d.requires_grad_(True)
+        for role in discriminators:
+            trainer.networks[role].requires_grad_(True)
 
-    fake_a, fake_b = fake_a.detach(), fake_b.detach()
+    fake_a, fake_b, cycle_a, cycle_b = fake_a.detach(), fake_b.detach(), cycle_a.detach(), cycle_b.detach()
     with trainer.autocast():
-        loss_d_a = lsgan_discriminator(D_a(x), D_a(fake_a))
-        loss_d_b = lsgan_discriminator(D_b(y), D_b(fake_b))
-        loss_d = loss_d_a + loss_d_b
-    for role in DISCRIMINATORS:
+        terms["discriminator_a"] = lsgan_discriminator(D_a(x), D_a(fake_a))
+        terms["discriminator_b"] = lsgan_discriminator(D_b(y), D_b(fake_b))
+        if two_step:
+            D2_a, D2_b = trainer.networks["D2_a"], trainer.networks["D2_b"]
+            terms["discriminator2_a"] = lsgan_discriminator(D2_a(x), D2_a(cycle_a))
+            terms["discriminator2_b"] = lsgan_discriminator(D2_b(y), D2_b(cycle_b))
+        losses = loss_dict(t, terms, identity_on)
+    for role in discriminators:
         trainer.optimizers[role].zero_grad(set_to_none=True)
-    loss_d.backward()
-    for role in DISCRIMINATORS:
+    losses["discriminator"].backward()
+    for role in discriminators:
         trainer.optimizers[role].step()
 
     trainer.finish_step()
-    return loss_dict(loss_g, adv_ab, adv_ba, cycle, identity, loss_d, loss_d_a, loss_d_b)
-
-
-def loss_dict(
-    loss_g: torch.Tensor, adv_ab: torch.Tensor, adv_ba: torch.Tensor, cycle: torch.Tensor, identity: torch.Tensor,
-    loss_d: torch.Tensor, loss_d_a: torch.Tensor, loss_d_b: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """The loss dict of one iteration, detached scalars: ``generator`` (total), ``adversarial_ab`` (D_b
-    on G_ab's output), ``adversarial_ba``, ``cycle`` (unweighted L1 sum of both directions),
-    ``identity`` (unweighted; 0 after the cut-off), ``discriminator`` (total), ``discriminator_a``,
-    ``discriminator_b``."""
-    losses = {
-        "generator": loss_g,
-        "adversarial_ab": adv_ab,
-        "adversarial_ba": adv_ba,
-        "cycle": cycle,
-        "identity": identity,
-        "discriminator": loss_d,
-        "discriminator_a": loss_d_a,
-        "discriminator_b": loss_d_b,
-    }
     return {k: v.detach() for k, v in losses.items()}
+
+
+def generator_loss(t: "TrainingConfig", terms: dict[str, torch.Tensor], identity_on: bool) -> torch.Tensor:
+    """The generators' total: every adversarial term (the second step's too) with weight 1,
+    ``cycle_weight * cycle`` and, while ``identity_on``, ``identity_weight * identity``."""
+    loss = terms["adversarial_ab"] + terms["adversarial_ba"]
+    if "adversarial2_a" in terms:
+        loss = loss + terms["adversarial2_a"] + terms["adversarial2_b"]
+    loss = loss + t.cycle_weight * terms["cycle"]
+    if identity_on:
+        loss = loss + t.identity_weight * terms["identity"]
+    return loss
+
+
+def loss_dict(t: "TrainingConfig", terms: dict[str, torch.Tensor], identity_on: bool) -> dict[str, torch.Tensor]:
+    """The loss dict of one iteration from its terms, with the totals (not yet detached).
+
+    Keys: ``generator`` (:func:`generator_loss`), ``adversarial_ab`` (D_b on G_ab's output),
+    ``adversarial_ba``, ``cycle`` (unweighted L1 sum of both directions), ``identity`` (unweighted;
+    0 after the cut-off), ``discriminator`` (the sum of every discriminator's loss),
+    ``discriminator_a``, ``discriminator_b``; with the two-step adversarial loss also
+    ``adversarial2_a`` (D2_a on the cycle-reconstructed A, ``G_ba(G_ab(x))``), ``adversarial2_b``,
+    ``discriminator2_a`` and ``discriminator2_b``.
+    """
+    discriminator = terms["discriminator_a"] + terms["discriminator_b"]
+    if "discriminator2_a" in terms:
+        discriminator = discriminator + terms["discriminator2_a"] + terms["discriminator2_b"]
+    losses = {"generator": generator_loss(t, terms, identity_on)}
+    losses.update((k, terms[k]) for k in ("adversarial_ab", "adversarial_ba", "cycle", "identity"))
+    losses["discriminator"] = discriminator
+    losses.update((k, terms[k]) for k in ("discriminator_a", "discriminator_b"))
+    losses.update((k, v) for k, v in terms.items() if k not in losses)
+    return losses
 
 
 def set_gradients(loss: torch.Tensor, params: list[nn.Parameter], retain_graph: bool) -> None:

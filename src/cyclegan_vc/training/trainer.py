@@ -15,6 +15,18 @@ drawn independently (normalised MCEPs, ``(N, D, crop_frames)``):
 4. ``step += 1`` and every optimiser's learning rate is set to its own base rate times
    :func:`lr_factor` of the new step.
 
+The successors' objectives are options of the same iteration:
+
+- ``training.two_step_adversarial`` (CycleGAN-VC2, Kaneko et al. 2019): two more discriminators,
+  ``D2_a`` and ``D2_b`` (networks of their own, built like ``D_a`` and ``D_b``, each with its own Adam
+  and the discriminators' learning rate, betas and schedule), judge the cycle-reconstructed features
+  ``G_ba(G_ab(x))`` and ``G_ab(G_ba(y))`` against the real ones (least squares, real -> 1,
+  reconstructed -> 0); the generators' loss gains ``lsgan_generator`` of their scores of the cycles;
+- ``training.mask_frames = M > 0`` (filling in frames, MaskCycleGAN-VC, Kaneko et al. 2021): each
+  source crop of step 1 gets a run of ``0..M`` zeroed frames (:class:`~.data.MaskSampler`, seeded,
+  part of the training state), and the generator its mask as a second input (1 kept, 0 filled in);
+  the cycle and identity passes, validation and conversion use all-ones masks.
+
 The iteration itself is in :mod:`.steps`, validation in :mod:`.validation`.
 """
 
@@ -38,16 +50,19 @@ from ..devices import cpu_has_native_bf16, resolve_device
 from ..directions import DISCRIMINATORS, GENERATORS
 from ..models import build_discriminator, build_generator
 from ..options import ConversionOptions
-from .data import CropSampler, TrainingData, rng_state, set_rng_state
+from .data import CropSampler, MaskSampler, TrainingData, rng_state, set_rng_state
 from .steps import fast_train_step, reference_train_step
 from .validation import ReferenceCepstra, validate
 
-__all__ = ["ROLES", "Trainer", "lr_factor"]
+__all__ = ["ROLES", "SECOND_STEP_DISCRIMINATORS", "Trainer", "lr_factor"]
 
 log = logging.getLogger(__name__)
 
 #: the networks of CycleGAN-VC, by role, in the order they are built and stepped
 ROLES = GENERATORS + DISCRIMINATORS
+#: the discriminators of the two-step adversarial loss (CycleGAN-VC2's D'_A and D'_B): ``D2_a`` judges
+#: speaker A's cycle-reconstructed features ``G_ba(G_ab(x))``, ``D2_b`` speaker B's ``G_ab(G_ba(y))``
+SECOND_STEP_DISCRIMINATORS = ("D2_a", "D2_b")
 
 
 def lr_factor(step: int, decay_start: int, total: int) -> float:
@@ -65,8 +80,9 @@ class Trainer:
     """Networks, optimisers and the schedule of one CycleGAN-VC training, keyed by role.
 
     ``networks`` and ``optimizers`` are dicts over :attr:`roles` (``G_ab``: A->B, ``G_ba``: B->A,
-    ``D_a``, ``D_b``); each network has its own Adam optimiser with its own learning rate and betas.
-    Weights are initialised from ``training.seed`` without touching the global RNG.
+    ``D_a``, ``D_b``, and with ``training.two_step_adversarial`` ``D2_a``, ``D2_b``); each network has
+    its own Adam optimiser with its own learning rate and betas. Weights are initialised from
+    ``training.seed`` without touching the global RNG.
 
     Args:
         config: the training configuration. With ``data``, the networks take the data's mel-cepstrum
@@ -78,6 +94,7 @@ class Trainer:
 
     Attributes:
         roles: the networks' roles, in the order their optimisers step.
+        masks: the :class:`~.data.MaskSampler` of filling in frames (``training.mask_frames > 0``), else ``None``.
         calls: by role, what :meth:`train_step` calls: the network itself, or its ``torch.compile``
             wrapper (same parameters) with ``training.compile``.
     """
@@ -90,14 +107,15 @@ class Trainer:
         self.config = config
         self.device = resolve_device(device)
         t, m = config.training, config.model
-        self.roles: tuple[str, ...] = ROLES
+        self.roles: tuple[str, ...] = ROLES + (SECOND_STEP_DISCRIMINATORS if t.two_step_adversarial else ())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(t.seed)
+            # built in role order from one seeded stream: the second-step discriminators start from
+            # weights of their own, and the first four from the same weights with or without them
             self.networks: dict[str, nn.Module] = {
-                "G_ab": build_generator(m.generator, **m.generator_kwargs),
-                "G_ba": build_generator(m.generator, **m.generator_kwargs),
-                "D_a": build_discriminator(m.discriminator, **m.discriminator_kwargs),
-                "D_b": build_discriminator(m.discriminator, **m.discriminator_kwargs),
+                role: build_generator(m.generator, **m.generator_kwargs) if role in GENERATORS
+                else build_discriminator(m.discriminator, **m.discriminator_kwargs)
+                for role in self.roles
             }
         for net in self.networks.values():
             net.to(self.device).train()
@@ -118,6 +136,7 @@ class Trainer:
         self.sampler: CropSampler | None = None
         if data is not None:
             self.sampler = CropSampler(data.mceps, t.crop_frames, t.batch_size, t.seed, t.short_utterances, data.ids)
+        self.masks = MaskSampler(t.mask_frames, t.seed) if t.mask_frames > 0 else None
         # training.compile: the step calls compiled wrappers of the networks (same parameters); validation,
         # export and the reference step call the networks themselves
         self.calls: dict[str, Callable[..., torch.Tensor]] = dict(self.networks)
@@ -212,7 +231,13 @@ class Trainer:
                 net.train(mode)
 
     # -- one iteration ----------------------------------------------------------------------------
-    def train_step(self, real_a: torch.Tensor | None = None, real_b: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def train_step(
+        self,
+        real_a: torch.Tensor | None = None,
+        real_b: torch.Tensor | None = None,
+        mask_a: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """One iteration: generator update, then discriminator update, then ``step += 1``.
 
         The algorithm of :func:`~.steps.reference_train_step` (same losses and updates within float
@@ -223,12 +248,15 @@ class Trainer:
         Args:
             real_a, real_b: ``(N, D, crop_frames)`` normalised MCEPs of speakers A and B; drawn from
                 the sampler when omitted.
+            mask_a, mask_b: with filling in frames, ``(N, 1, crop_frames)`` masks of ``real_a`` and
+                ``real_b`` (1 kept, 0 filled in); drawn from :attr:`masks` when omitted.
 
         Returns:
-            Detached scalar tensors: ``generator`` (total), ``adversarial_ab`` (D_b on G_ab's output),
-            ``adversarial_ba``, ``cycle`` (unweighted L1 sum of both directions), ``identity``
-            (unweighted; 0 after the cut-off), ``discriminator`` (total), ``discriminator_a``,
-            ``discriminator_b``.
+            Detached scalar tensors (:func:`~.steps.loss_dict`): ``generator`` (total),
+            ``adversarial_ab`` (D_b on G_ab's output), ``adversarial_ba``, ``cycle`` (unweighted L1 sum
+            of both directions), ``identity`` (unweighted; 0 after the cut-off), ``discriminator``
+            (total), ``discriminator_a``, ``discriminator_b``; with the two-step adversarial loss also
+            ``adversarial2_a``, ``adversarial2_b``, ``discriminator2_a``, ``discriminator2_b``.
         """
         if real_a is None or real_b is None:
             if self.sampler is None:
@@ -237,9 +265,16 @@ class Trainer:
             real_b = self.sampler.sample("B") if real_b is None else real_b
         x = real_a.to(self.device, torch.float32)
         y = real_b.to(self.device, torch.float32)
+        if self.masks is None:
+            if mask_a is not None or mask_b is not None:
+                raise ValueError("masks given to a trainer without filling in frames (training.mask_frames is 0)")
+        else:
+            mask_a = self.masks.sample(x.shape[0], x.shape[-1]) if mask_a is None else mask_a
+            mask_b = self.masks.sample(y.shape[0], y.shape[-1]) if mask_b is None else mask_b
+            mask_a, mask_b = mask_a.to(self.device, torch.float32), mask_b.to(self.device, torch.float32)
         if x.shape != y.shape:  # the batched calls need equal shapes
-            return reference_train_step(self, x, y)
-        return fast_train_step(self, x, y)
+            return reference_train_step(self, x, y, mask_a, mask_b)
+        return fast_train_step(self, x, y, mask_a, mask_b)
 
     # -- conversion and validation ----------------------------------------------------------------
     @contextmanager
@@ -287,6 +322,7 @@ class Trainer:
             "best": self.best,
             "rng": rng_state(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
+            "masks": self.masks.state_dict() if self.masks is not None else None,
             "config": self.config.to_dict(),
         }
 
@@ -308,6 +344,11 @@ class Trainer:
         saved_model = payload["config"].get("model")
         if saved_model != self.config.to_dict()["model"]:
             raise CheckpointError(path, f"was trained with model config {saved_model}, not {self.config.to_dict()['model']}")
+        if set(payload["networks"]) != set(self.roles):
+            raise CheckpointError(
+                path, f"holds the networks {sorted(payload['networks'])}, this trainer has {sorted(self.roles)} "
+                f"(training.two_step_adversarial differs)"
+            )
         changed = _diff(payload["config"].get("training", {}), self.config.to_dict()["training"])
         if changed:
             log.info("resuming with changed training settings: %s", ", ".join(changed))
@@ -336,6 +377,10 @@ class Trainer:
             if payload["sampler"] is None:
                 raise CheckpointError(path, "holds no sampler state")
             self.sampler.load_state_dict(payload["sampler"])
+        if self.masks is not None:
+            if payload.get("masks") is None:
+                raise CheckpointError(path, "holds no mask sampler state (it was not trained with filling in frames)")
+            self.masks.load_state_dict(payload["masks"])
         set_rng_state(payload["rng"])
         self._apply_schedule()
 
