@@ -23,6 +23,7 @@ from cyclegan_vc.checkpoint import STATE_KIND, load_checkpoint, load_model
 from cyclegan_vc.config import Config, ConfigError, config_from_dict, load_config, read_preset
 from cyclegan_vc.stats import SpeakerStats
 from cyclegan_vc.training import ROLES, CropSampler, Trainer, TrainingData, lr_factor, train
+from cyclegan_vc.utils import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -316,8 +317,9 @@ def test_train_writes_a_run_directory_and_resume_continues_it(tiny_prepared, tmp
     model = load_model(run / "model_latest.safetensors")
     assert model.step == 12 and model.speakers == {"A": "SF1", "B": "TM3"}
 
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(UserError, match="--resume") as refused:
         train(tiny_prepared, run, preset="debug", iterations=12, device="cpu", progress=False)
+    assert str(run) in str(refused.value) and "\n" not in str(refused.value)
 
     seen = []
     summary = train(tiny_prepared, run, resume=True, iterations=16, device="cpu", progress=False,

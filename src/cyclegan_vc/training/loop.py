@@ -22,9 +22,10 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -32,11 +33,11 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..checkpoint import MODEL_BEST, MODEL_LATEST, CheckpointError, copy_checkpoint, read_metadata
 from ..config import Config, apply_overrides, config_from_dict, read_preset, save_config
-from ..utils import atomic_write_json, read_json
+from ..utils import UserError, atomic_write_json, read_json
 from .data import TrainingData
 from .trainer import Trainer
 
-__all__ = ["STATE_LATEST", "TrainSummary", "train"]
+__all__ = ["STATE_LATEST", "NonFiniteLoss", "TrainSummary", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,25 @@ class TrainSummary:
     state: Path
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A training loss became NaN or infinite: the message names the step, the losses and the state kept."""
+
+
 class _StopFlag:
-    """SIGINT/SIGTERM handler: the first signal asks the loop to stop after the current iteration;
-    a second SIGINT interrupts at once."""
+    """SIGINT/SIGTERM during training: a signal only asks the loop to stop, so a saved state is never
+    one of an iteration half done.
+
+    The first signal asks the loop to stop after the current iteration (and to save). A second SIGINT
+    inside an iteration (:meth:`iteration`) is deferred to the iteration's end, where the loop stops at
+    once (:attr:`urgent`: no validation); outside one (validation, saving) it interrupts at once.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self.urgent = False
+        #: an exception ended an iteration part-way: the trainer's state is not one to save
+        self.broken = False
+        self._in_iteration = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "_StopFlag":
@@ -71,9 +85,24 @@ class _StopFlag:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    @contextmanager
+    def iteration(self) -> Iterator[None]:
+        """Around one :meth:`Trainer.train_step`: the span in which a second SIGINT waits."""
+        self._in_iteration = True
+        try:
+            yield
+        except BaseException:
+            self.broken = True
+            raise
+        self._in_iteration = False
+
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            if not self._in_iteration:
+                raise KeyboardInterrupt
+            self.urgent = True
+            log.warning("SIGINT again: stopping as soon as this iteration ends")
+            return
         self.signal = signum
         log.warning("%s received: stopping after this iteration and saving", signal.Signals(signum).name)
 
@@ -82,11 +111,34 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+class _LossCheck:
+    """Every iteration's losses checked for NaN and infinity, without a device sync per iteration:
+    each iteration adds one device-side flag, :meth:`raise_if_bad` reads them (at logging, before any
+    validation or save, and at the end)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[int, torch.Tensor, dict[str, torch.Tensor]]] = []
+
+    def add(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        self._pending.append((step, torch.isfinite(torch.stack(list(losses.values()))).all(), losses))
+
+    def raise_if_bad(self, saved_step: int) -> None:
+        pending, self._pending = self._pending, []
+        for step, finite, losses in pending:
+            if not bool(finite):
+                bad = ", ".join(f"{k} {float(v)}" for k, v in losses.items() if not math.isfinite(float(v)))
+                kept = f"the state saved at step {saved_step} is kept" if saved_step >= 0 else "no state was saved"
+                raise NonFiniteLoss(
+                    f"non-finite loss at step {step} ({bad}); {kept}: resume from it with lower learning rates "
+                    f"(--set training.generator_lr=... training.discriminator_lr=...) or check the prepared data"
+                )
+
+
 def _resolve_config(run: Path, preset: str | os.PathLike | None, resume: bool, iterations: int | None, overrides: Iterable[str]) -> Config:
     state = run / "checkpoints" / STATE_LATEST
     if resume:
         if not state.is_file():
-            raise FileNotFoundError(f"{run}: nothing to resume (no checkpoints/{STATE_LATEST})")
+            raise UserError(f"{run}: nothing to resume (no checkpoints/{STATE_LATEST}); train without --resume to start a run there")
         structure = json.loads(read_metadata(state)["structure"])
         base, source = structure.get("config"), f"{state} (saved config)"
         if not isinstance(base, dict):
@@ -95,7 +147,7 @@ def _resolve_config(run: Path, preset: str | os.PathLike | None, resume: bool, i
             log.info("resuming: using the run's saved config; preset %s is ignored", preset)
     else:
         if state.exists():
-            raise FileExistsError(f"{run} already holds a training run; pass resume=True to continue it or choose another directory")
+            raise UserError(f"{run} already holds a training run: pass --resume to continue it, or choose another run folder")
         base, path = read_preset("paper" if preset is None else preset)
         source = str(path)
     data = apply_overrides(base, overrides)
@@ -104,6 +156,35 @@ def _resolve_config(run: Path, preset: str | os.PathLike | None, resume: bool, i
     if overrides or iterations is not None:
         source += " with overrides"
     return config_from_dict(data, source=source)
+
+
+def _history_until(run: Path, history: list[dict[str, Any]], trainer: Trainer) -> list[dict[str, Any]]:
+    """On resume: the validations up to the resumed step only, and no ``model_best`` from after it.
+
+    A run that stopped without saving (a failure, a killed process) may have validated, and chosen a
+    ``model_best``, after the state it resumes from; the resumed run repeats those steps. Their
+    entries are dropped; a ``model_best`` of a later step is removed and the best is chosen again from
+    the validations that follow (its weights are gone), else the state's best score stands.
+    """
+    step = trainer.step
+    kept = [entry for entry in history if int(entry["step"]) <= step]
+    if len(kept) != len(history):
+        later = [int(entry["step"]) for entry in history if int(entry["step"]) > step]
+        log.warning("%s: dropping the validations of steps %s, after the resumed step %d", run / "validation.json", later, step)
+    best = run / MODEL_BEST
+    if best.is_file():
+        try:
+            best_step = int(json.loads(read_metadata(best)["structure"])["step"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            best_step = None
+        if best_step is None or best_step > step:
+            best.unlink()
+            trainer.best = None
+            log.warning(
+                "%s was %s: removed; the best model is chosen again from the validations after step %d", best,
+                f"from step {best_step}, after the resumed step {step}" if best_step is not None else "unreadable", step,
+            )
+    return kept
 
 
 def train(
@@ -140,9 +221,18 @@ def train(
     Returns:
         A :class:`TrainSummary`.
 
+    Stopping: the first SIGINT (Ctrl-C) or SIGTERM stops the run after the iteration in progress; a
+    second SIGINT stops it as soon as that iteration ends, skipping validation. Either way the state
+    saved is that of whole iterations.
+
+    On resume, ``validation.json`` entries (and a ``model_best``) from after the resumed step, left by a
+    run that stopped without saving, are dropped: the resumed run validates those steps again.
+
     Raises:
         KeyboardInterrupt: after saving the state and the latest model, when SIGINT or SIGTERM stopped
             the run (a resume continues it exactly).
+        UserError: a new run into a folder that holds one, or a resume of a folder that holds none.
+        NonFiniteLoss: a loss became NaN or infinite (the last saved state is kept).
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -161,6 +251,9 @@ def train(
     atomic_write_json(run / "data.json", {"prepared": str(Path(data).resolve())})
     history_path = run / "validation.json"
     history = read_json(history_path) if (resume and history_path.is_file()) else []
+    if resume:
+        history = _history_until(run, history, trainer)
+        atomic_write_json(history_path, history)
     log.info(
         "training %s -> %s on %s: %d iterations, %s", training_data.speakers["A"], training_data.speakers["B"],
         trainer.device, t.iterations, "validation on %d eval pairs" % len(training_data.eval_pairs)
@@ -171,16 +264,19 @@ def train(
     saved_step = trainer.step if resume else -1
     validated_step = -1
     stopped = "completed"
+    checks = _LossCheck()
     start = time.monotonic()
 
     def save_all() -> None:
         nonlocal saved_step
+        checks.raise_if_bad(saved_step)
         trainer.save(state_path)
         trainer.export(run / MODEL_LATEST, metrics=history[-1] if history else None)
         saved_step = trainer.step
 
     def validate() -> None:
         nonlocal validated_step
+        checks.raise_if_bad(saved_step)
         metrics = trainer.validate(samples_dir=run / "samples" / f"step_{trainer.step:08d}", writer=writer)
         validated_step = trainer.step
         for key, value in metrics.items():
@@ -195,15 +291,22 @@ def train(
         log.info("step %d validation: %s", trainer.step, text)
 
     bar = tqdm(total=t.iterations, initial=trainer.step, unit="it", dynamic_ncols=True, disable=not progress, desc="train")
+    stop = _StopFlag()
     try:
-        with _StopFlag() as stop:
+        with stop:
             while trainer.step < t.iterations:
-                losses = trainer.train_step()
+                with stop.iteration():
+                    losses = trainer.train_step()
                 bar.update(1)
                 step = trainer.step
+                checks.add(step, losses)
+                if stop.urgent:
+                    checks.raise_if_bad(saved_step)
+                    raise KeyboardInterrupt
                 if callback is not None:
                     callback(trainer, losses)
                 if step % t.log_interval == 0:
+                    checks.raise_if_bad(saved_step)
                     values = {k: float(v) for k, v in losses.items()}
                     for key, value in values.items():
                         writer.add_scalar(f"loss/{key}", value, step)
@@ -211,8 +314,6 @@ def train(
                         writer.add_scalar(f"lr/{role}", lr, step)
                     bar.set_postfix(G=f"{values['generator']:.3f}", D=f"{values['discriminator']:.3f}",
                                     cyc=f"{values['cycle']:.3f}", refresh=False)
-                    if not all(math.isfinite(v) for v in values.values()):
-                        raise FloatingPointError(f"non-finite loss at step {step}: {values}")
                 if t.validation_interval and step % t.validation_interval == 0:
                     validate()
                 milestone = t.milestone_interval and step % t.milestone_interval == 0
@@ -239,14 +340,16 @@ def train(
     finally:
         bar.close()
         try:
-            if saved_step != trainer.step and stopped != "failed":
+            if stop.broken and stopped == "interrupted":
+                log.warning("interrupted inside step %d: the last saved state (step %d) is kept", trainer.step + 1, saved_step)
+            elif saved_step != trainer.step and stopped != "failed":
                 if stopped == "interrupted":
                     log.warning("interrupted at step %d: saving the training state", trainer.step)
                 save_all()
         finally:
             writer.close()
     if stopped == "interrupted":
-        raise KeyboardInterrupt(f"training interrupted at step {trainer.step}; state saved in {state_path}")
+        raise KeyboardInterrupt(f"training interrupted at step {saved_step}; state saved in {state_path}")
     best = run / MODEL_BEST
     return TrainSummary(
         run=run,
