@@ -8,7 +8,13 @@ TensorFlow code. The totals the trainer optimises are, per iteration (``lambda_c
   + lambda_cyc * (l1(G_ba(G_ab(x)), x) + l1(G_ab(G_ba(y)), y))
   + lambda_id * (l1(G_ba(x), x) + l1(G_ab(y), y))``
 - discriminators: ``lsgan_discriminator(D_a(x), D_a(fake_a)) + lsgan_discriminator(D_b(y), D_b(fake_b))``,
-  each term ``mean((D(real) - 1)^2) + mean(D(fake)^2)`` with no factor 1/2.
+  each term ``mean((D(real) - 1)^2) + mean(D(fake)^2)`` with no factor 1/2;
+- with the two-step adversarial loss of CycleGAN-VC2 (``training.two_step_adversarial``), the
+  generators' total gains ``lsgan_generator(D2_a(cycle_a)) + lsgan_generator(D2_b(cycle_b))`` and the
+  discriminators' ``lsgan_discriminator(D2_a(x), D2_a(cycle_a)) + lsgan_discriminator(D2_b(y), D2_b(cycle_b))``
+  (``cycle_a = G_ba(G_ab(x))``, ``cycle_b = G_ab(G_ba(y))``).
+
+The totals are assembled in :mod:`cyclegan_vc.training.steps`.
 
 Adam is invariant to a constant scale of the loss, so these conventions only matter when comparing
 loss values between implementations.
