@@ -22,8 +22,10 @@ Files are written to a temporary file in the same folder, flushed to disk and re
 so a crash never leaves a half-written checkpoint.
 
 Training state payload (:data:`STATE_KIND`, written by :meth:`cyclegan_vc.training.Trainer.save`):
-``networks``/``optimizers``/``schedulers`` keyed by role (``G_ab``, ``G_ba``, ``D_a``, ``D_b``), ``step``,
-``rng`` (python, numpy, torch[, cuda]), ``sampler`` (the crop sampler's generator), ``best``, ``config``.
+``networks``/``optimizers`` keyed by role (``G_ab``, ``G_ba``, ``D_a``, ``D_b``; ``D2_a``, ``D2_b`` with the
+two-step adversarial loss), ``ema`` (the generators' weight averages or ``None``), ``schedule``, ``step``,
+``rng`` (python, numpy, torch[, cuda]), ``sampler`` (the crop sampler's generator), ``masks`` (the
+filling-in-frames mask generator or ``None``), ``best``, ``config``.
 
 Conversion model payload (:data:`MODEL_KIND`, :func:`export_model` / :func:`load_model`): ``generators``
 (``G_ab``, ``G_ba`` state dicts), ``generator`` (registry name), ``generator_kwargs``, ``stats``
