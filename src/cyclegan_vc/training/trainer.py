@@ -101,9 +101,11 @@ class Trainer:
 
     def __init__(self, config: Config, data: TrainingData | None = None, device: str | torch.device = "cpu") -> None:
         config = config.validate()
-        if data is not None and config.with_feature_dim(data.feature_dim) is not config:
-            log.info("the prepared data has %d mel-cepstral coefficients: the networks take %d", data.feature_dim, data.feature_dim)
-            config = config.with_feature_dim(data.feature_dim)
+        if data is not None:
+            fitted = config.with_feature_dim(data.feature_dim)
+            if fitted is not config:
+                log.info("the prepared data has %d mel-cepstral coefficients: the networks take them", data.feature_dim)
+            config = fitted
         self.config = config
         self.device = resolve_device(device)
         t, m = config.training, config.model
