@@ -86,3 +86,34 @@ def test_prepare_exits_1_when_a_recording_is_skipped_and_lists_it(corpus, tmp_pa
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert [s["audio"] for s in manifest["skipped"]] == [str((source / "broken.wav").resolve())]
     assert os.access(tmp_path / "p" / "manifest.json", os.R_OK)
+
+
+def test_dangling_symlinks_and_symlink_loops_are_skipped_and_reported_not_fatal(corpus, tmp_path):
+    source = tmp_path / "SF1"
+    shutil.copytree(corpus / "SF1", source)
+    (source / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")
+    (source / "loop1.wav").symlink_to(source / "loop2.wav")
+    (source / "loop2.wav").symlink_to(source / "loop1.wav")
+    manifest = prepare(source, corpus / "TM3", tmp_path / "p", f0="dio", jobs=1, progress=False)
+    assert sorted(Path(s["audio"]).name for s in manifest["skipped"]) == ["dangling.wav", "loop1.wav", "loop2.wav"]
+    assert all(s["reason"].startswith("cannot read") for s in manifest["skipped"])
+    assert len(manifest["speakers"]["A"]["train"]) == len(TRAIN_IDS)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--target", "SAME"], "are the same folder"),
+    (["--target", "TM3", "--source-eval", "SF1"], "source_eval given alone"),
+])
+def test_folders_that_cannot_make_a_pair_are_refused(corpus, tmp_path, capsys, extra, message):
+    extra = [str(corpus / "SF1") if a == "SAME" else str(corpus / a) if a in ("TM3", "SF1") else a for a in extra]
+    code = cli.main(["prepare", "--source", str(corpus / "SF1"), "--out", str(tmp_path / "p"), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("minutes", ["-1", "0", "nan", "inf", "soon"])
+def test_a_time_budget_must_be_a_positive_number(tmp_path, capsys, minutes):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["train", "--data", str(tmp_path), "--run", str(tmp_path / "r"), "--minutes", minutes])
+    assert exit_.value.code == 2 and "expected a number > 0" in capsys.readouterr().err

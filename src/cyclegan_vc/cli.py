@@ -195,6 +195,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
 MCEP_HELP = "mel-cepstrum (coded spectral envelope) dimension (default 24, the paper's)"
 
 
@@ -275,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, type=Path, help="run directory (config, checkpoints, logs)")
     p.add_argument("--preset", default="paper", help="paper | small | debug")
     p.add_argument("--iterations", type=int, default=None, help="total iterations (default: the preset's)")
-    p.add_argument("--minutes", type=float, default=None, help="stop cleanly after this many minutes")
+    p.add_argument("--minutes", type=_positive_float, default=None, help="stop cleanly after this many minutes")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest state")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
@@ -315,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="corpus -> prepare -> train -> convert -> evaluate, offline")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
-    p.add_argument("--minutes", type=float, default=12.0, help="training time budget")
+    p.add_argument("--minutes", type=_positive_float, default=12.0, help="training time budget")
     p.add_argument("--iterations", type=int, default=None, help="stop after N iterations instead")
     p.add_argument("--preset", default="small")
     p.add_argument("--train-sentences", type=int, default=None,
@@ -334,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="TF2")
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--preset", default="small")
-    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--minutes", type=_positive_float, default=None, help="training time budget")
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's)")

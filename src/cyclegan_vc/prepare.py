@@ -33,7 +33,7 @@ from .data.corpus import list_audio_files, utterance_id
 from .data.corpus import paper_split as apply_paper_split
 from .features import FeatureConfig, analyze, encode_aperiodicity
 from .stats import SpeakerStats, StatsAccumulator
-from .utils import OutsideFailure, WorkersDied, atomic_save_npz, atomic_write_json, read_json
+from .utils import OutsideFailure, UserError, WorkersDied, atomic_save_npz, atomic_write_json, read_json
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -151,6 +151,11 @@ def prepare(
         The manifest (also written to ``out/manifest.json``), with ``run`` counts of analysed,
         cached and skipped files.
     """
+    if Path(source).resolve() == Path(target).resolve():
+        raise UserError(f"--source and --target are the same folder ({source}): give one folder per speaker")
+    if (source_eval is None) != (target_eval is None):
+        given = "source_eval" if source_eval is not None else "target_eval"
+        raise UserError(f"{given} given alone: evaluation needs held-out audio of both speakers (source_eval and target_eval)")
     config = features or FeatureConfig()
     if f0 is not None:
         config = config.replace(f0_method=f0)
@@ -168,11 +173,15 @@ def prepare(
         a, b = apply_paper_split(listing[("A", "train")], listing[("B", "train")])
         listing[("A", "train")], listing[("B", "train")] = list(a), list(b)
 
-    all_jobs = [
-        _Job(role, split, path.resolve(), uid, cache_key(path, config))
-        for (role, split), files in listing.items()
-        for path, uid in files
-    ]
+    all_jobs, unreadable = [], []
+    for (role, split), files in listing.items():
+        for path, uid in files:
+            try:  # a dangling symlink, a symlink loop, a file without read permission: reported, skipped
+                all_jobs.append(_Job(role, split, path.resolve(), uid, cache_key(path, config)))
+            except (OSError, RuntimeError) as exc:  # RuntimeError: Path.resolve on a symlink loop (Python < 3.13)
+                reason = f"cannot read: {getattr(exc, 'strerror', None) or exc}"
+                unreadable.append({"audio": str(path.absolute()), "role": role, "split": split, "reason": reason})
+                log.warning("skipped %s: %s", path, reason)
     todo = {}
     for job in all_jobs:
         if not (cache_dir / f"{job.key}.npz").exists():
@@ -210,7 +219,7 @@ def prepare(
     speakers = {
         role: {"name": Path(source if role == "A" else target).name, "train": [], "eval": []} for role in ROLES
     }
-    skipped = []
+    skipped = list(unreadable)
     accumulators = {role: StatsAccumulator() for role in ROLES}
     for job in all_jobs:
         npz = cache_dir / f"{job.key}.npz"
@@ -250,7 +259,7 @@ def prepare(
         "paper_split": bool(paper_split),
         "speakers": speakers,
         "skipped": skipped,
-        "run": {"analysed": analysed, "cached": len(all_jobs) - len(skipped) - analysed, "skipped": len(skipped)},
+        "run": {"analysed": analysed, "cached": len(all_jobs) - (len(skipped) - len(unreadable)) - analysed, "skipped": len(skipped)},
     }
     atomic_write_json(out / "stats.json", stats)
     atomic_write_json(out / "manifest.json", manifest)
