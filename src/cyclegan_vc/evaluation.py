@@ -30,8 +30,8 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
@@ -42,8 +42,8 @@ from .audio import AudioError, load_audio, save_audio
 from .conversion import VoiceConverter, load_converter, load_in_worker
 from .data.corpus import list_audio_files, match_parallel, utterance_id
 from .features import FeatureConfig, WorldFeatures, analyze, analyze_envelope, synthesize
-from .options import ConversionOptions
 from .metrics import Evaluator, conventions, mean_variance_convert
+from .options import ConversionOptions
 from .report import DirectionResults, EvaluationResults, ReportExample, format_table, write_report
 from .utils import WorkersDied, read_json
 
