@@ -17,8 +17,8 @@ import pytest
 from cyclegan_vc import cli
 from cyclegan_vc.conversion import VoiceConverter
 from cyclegan_vc.evaluation import evaluate, training_references
+from cyclegan_vc.metrics import SYSTEMS
 from cyclegan_vc.options import ConversionOptions
-from cyclegan_vc.report import SYSTEMS
 from cyclegan_vc.training import train
 
 EVAL_IDS = (200027, 200035)
@@ -47,6 +47,21 @@ def test_training_references_come_from_the_runs_prepared_data(tiny_run, tiny_pre
     manifest = json.loads((tiny_prepared / "manifest.json").read_text())
     for role in ("A", "B"):
         assert refs[role] == [Path(e["audio"]) for e in manifest["speakers"][role]["train"]]
+
+
+def test_training_references_refuse_a_manifest_of_another_format(tiny_run, tmp_path, caplog):
+    """Prepared data of another format is not read as if it were this one (its layout may differ):
+    no references, and a warning that names the format, instead of a KeyError or wrong files."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "manifest.json").write_text(json.dumps({"format_version": 999, "roles": {}}))
+    (run / "data.json").write_text(json.dumps({"prepared": str(prepared)}))
+    with caplog.at_level("WARNING"):
+        assert training_references(run) == {"A": [], "B": []}
+    assert "manifest format 999" in caplog.text
+
 
 
 def test_evaluate_cli_writes_every_file_and_scores_every_system(tiny_run, eval_dirs, tmp_path, capsys):

@@ -13,16 +13,17 @@ import pytest
 
 from cyclegan_vc.audio import load_audio
 from cyclegan_vc.features import FeatureConfig, WorldFeatures, analyze, synthesize
-from cyclegan_vc.metrics import MCD_CONVENTION, Evaluator, UtteranceMetrics, conventions, mean_variance_convert
-from cyclegan_vc.report import (
+from cyclegan_vc.metrics import (
+    MCD_CONVENTION,
     SYSTEMS,
     DirectionResults,
     EvaluationResults,
-    ReportExample,
-    format_table,
-    markdown_tables,
-    write_report,
+    Evaluator,
+    UtteranceMetrics,
+    conventions,
+    mean_variance_convert,
 )
+from cyclegan_vc.report import ReportExample, format_table, markdown_tables, write_report
 from cyclegan_vc.stats import compute_stats
 
 RATE = 16000

@@ -22,8 +22,9 @@ from fastapi.testclient import TestClient
 
 from cyclegan_vc import cli
 from cyclegan_vc.conversion import VoiceConverter
+from cyclegan_vc.metrics import DirectionResults, EvaluationResults
 from cyclegan_vc.options import ConversionOptions
-from cyclegan_vc.report import DirectionResults, EvaluationResults, write_report
+from cyclegan_vc.report import write_report
 from cyclegan_vc.serve import ServerLimits, create_app
 from cyclegan_vc.serve.cache import ModelCache
 from cyclegan_vc.utils import UserError

@@ -384,15 +384,15 @@ def test_sigterm_saves_the_state_and_exits(tiny_prepared, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )
     try:
-        deadline, text = time.monotonic() + 60, ""
+        deadline, text = time.monotonic() + 600, ""  # a guard against a hang, not a speed limit
         while not text.isdigit():  # read once per check: the writer truncates the file before each step's number
             assert proc.poll() is None, f"training exited early: {proc.communicate()}"
-            assert time.monotonic() < deadline, "no training step within 60 s"
+            assert time.monotonic() < deadline, "no training step within 10 minutes: hung?"
             time.sleep(0.05)
             text = marker.read_text().strip() if marker.is_file() else ""
         signalled_at = int(text)
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -41,18 +41,17 @@ from tqdm.auto import tqdm
 from .audio import AudioError, load_audio, save_audio
 from .conversion import VoiceConverter, load_converter, load_in_worker
 from .data.corpus import list_audio_files, match_parallel, utterance_id
+from .directions import DIRECTIONS
 from .features import FeatureConfig, WorldFeatures, analyze, analyze_envelope, synthesize
-from .metrics import Evaluator, conventions, mean_variance_convert
+from .metrics import SYSTEMS, DirectionResults, EvaluationResults, Evaluator, conventions, mean_variance_convert
 from .options import ConversionOptions
-from .report import DirectionResults, EvaluationResults, ReportExample, format_table, write_report
+from .prepare import load_manifest
+from .report import ReportExample, format_table, write_report
 from .utils import WorkersDied, read_json
 
 __all__ = ["EvaluationRun", "evaluate", "training_references"]
 
 log = logging.getLogger(__name__)
-
-DIRECTIONS = {"A2B": ("A", "B"), "B2A": ("B", "A")}
-
 
 @dataclass
 class EvaluationRun:
@@ -83,7 +82,7 @@ def training_references(model: str | os.PathLike, limit: int = 20) -> dict[str, 
     """Training recordings of each role listed by the run's prepared data (``RUN/data.json``).
 
     Returns ``{"A": [...], "B": [...]}`` (evenly spaced, at most ``limit`` each), or empty lists when the
-    model is not a run directory or its prepared data has moved.
+    model is not a run directory or its prepared data has moved or is of another format (logged).
     """
     refs: dict[str, list[Path]] = {"A": [], "B": []}
     run = Path(model)
@@ -91,11 +90,12 @@ def training_references(model: str | os.PathLike, limit: int = 20) -> dict[str, 
     info = run / "data.json"
     if not info.is_file():
         return refs
-    manifest_path = Path(read_json(info)["prepared"]) / "manifest.json"
-    if not manifest_path.is_file():
-        log.warning("%s names %s, which no longer exists", info, manifest_path)
+    prepared = Path(read_json(info)["prepared"])
+    try:
+        speakers = load_manifest(prepared)["speakers"]
+    except (FileNotFoundError, ValueError) as exc:
+        log.warning("no training recordings for the speaker embeddings (%s names %s): %s", info, prepared, exc)
         return refs
-    speakers = read_json(manifest_path)["speakers"]
     for role in ("A", "B"):
         files = [Path(e["audio"]) for e in speakers[role]["train"] if Path(e["audio"]).is_file()]
         if files:
@@ -122,9 +122,6 @@ def _synthesize(feats: WorldFeatures, config: FeatureConfig, samples: int) -> np
     return wave[:samples]
 
 
-SYSTEM_NAMES = ("cyclegan", "no_conversion", "mean_variance", "world_resynthesis")
-
-
 def _sentence(converter: VoiceConverter, evaluator: Evaluator, waves: dict[str, np.ndarray]):
     """Every system's waveform for one sentence (``{"A": wave, "B": wave}``) in both directions
     (``{direction: {system: wave}}``), and the evaluator's analysis of each distinct waveform (WORLD,
@@ -143,13 +140,13 @@ def _sentence(converter: VoiceConverter, evaluator: Evaluator, waves: dict[str, 
     in_config = converter.analysis_config()
     if converter.f0_range != "full" or in_config != config:
         inputs = {
-            src: analyze(waves[src], in_config, f0_range=converter.f0_search_range(direction))
-            for direction, (src, _) in DIRECTIONS.items()
+            d.source: analyze(waves[d.source], in_config, f0_range=converter.f0_search_range(d.name))
+            for d in DIRECTIONS.values()
         }
     resynth = {role: _synthesize(feats[role], config, len(wave)) for role, wave in waves.items()}
     systems: dict[str, dict[str, np.ndarray]] = {}
     analysed = [(wave, evaluator.analysis(wave, rate, envelopes[role])) for role, wave in waves.items()]
-    for direction, (src, tgt) in DIRECTIONS.items():
+    for direction, (_, src, tgt, _, _) in DIRECTIONS.items():
         source = waves[src]
         converted = _synthesize(converter.convert_features(inputs[src], direction), config, len(source))
         mcep, f0 = mean_variance_convert(inputs[src].mcep, inputs[src].f0, converter.stats[src], converter.stats[tgt])
@@ -164,8 +161,10 @@ def _sentence(converter: VoiceConverter, evaluator: Evaluator, waves: dict[str, 
 _WORKER: dict = {}
 
 
-def _init_worker(model: str, speaker_similarity: bool, naturalness: bool, options: ConversionOptions) -> None:
-    converter = load_in_worker(model, options)
+def _init_worker(
+    model: str, speaker_similarity: bool, naturalness: bool, options: ConversionOptions, device: str = "cpu"
+) -> None:
+    converter = load_in_worker(model, options, device)
     _WORKER["converter"] = converter
     _WORKER["evaluator"] = Evaluator(converter.features, speaker_similarity=speaker_similarity, naturalness=naturalness)
 
@@ -289,7 +288,7 @@ def evaluate(
         workers = min(jobs or os.cpu_count() or 1, len(sentences))
         pool = ProcessPoolExecutor(
             workers, mp_context=get_context("spawn"), initializer=_init_worker,
-            initargs=(str(model), speaker_similarity, naturalness, converter.options),
+            initargs=(str(model), speaker_similarity, naturalness, converter.options, str(converter.device)),
         )
     try:
         if pool is not None:
@@ -297,16 +296,16 @@ def evaluate(
             outputs = (f.result() for f in futures)
         else:
             outputs = (_sentence(converter, evaluator, waves) for _, waves in sentences)
-        per_direction: dict[str, dict[str, list]] = {d: {name: [] for name in SYSTEM_NAMES} for d in DIRECTIONS}
+        per_direction: dict[str, dict[str, list]] = {d: {name: [] for name in SYSTEMS} for d in DIRECTIONS}
         for (uid, waves), (systems, analysed) in tqdm(
             zip(sentences, outputs), total=len(sentences), desc="convert + analyse", unit="sentence", disable=not progress
         ):
             for wave, analysis in analysed:
                 evaluator.prime(wave, rate, analysis)
-            for direction, (src, tgt) in DIRECTIONS.items():
+            for direction, (_, src, tgt, _, _) in DIRECTIONS.items():
                 system_waves = systems[direction]
                 save_audio(out / "converted" / direction / f"{uid}.wav", system_waves["cyclegan"], rate)
-                for name in SYSTEM_NAMES:
+                for name in SYSTEMS:
                     per_direction[direction][name].append((uid, waves[src], system_waves[name], waves[tgt]))
                 if sum(e.direction == direction for e in examples) < n_examples:
                     examples.append(ReportExample(direction, uid, {
@@ -319,7 +318,7 @@ def evaluate(
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     examples.sort(key=lambda e: list(DIRECTIONS).index(e.direction))  # all of A2B, then B2A
-    for direction, (src, tgt) in DIRECTIONS.items():
+    for direction, (_, src, tgt, _, _) in DIRECTIONS.items():
         block = DirectionResults(source=converter.speakers[src], target=converter.speakers[tgt])
         for name, items in per_direction[direction].items():
             block.systems[name] = evaluator.evaluate_pairs(

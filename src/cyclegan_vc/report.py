@@ -1,9 +1,7 @@
-"""Evaluation report: ``metrics.json``, ``summary.md`` and a self-contained ``report.html``.
+"""The evaluation report, rendered: ``metrics.json``, ``summary.md`` and a self-contained ``report.html``.
 
-The results of a run are an :class:`EvaluationResults`: per direction (``"A2B"``, ``"B2A"``), per
-system (``"cyclegan"``, ``"no_conversion"``, ``"mean_variance"``, ``"world_resynthesis"``, or any
-other name), a list of :class:`~cyclegan_vc.metrics.UtteranceMetrics` rows. Summaries (means) are
-computed from the rows, never stored separately, so they cannot disagree with them.
+It renders an :class:`~cyclegan_vc.metrics.EvaluationResults` (the data model lives in
+:mod:`cyclegan_vc.metrics.results`) and the example sentences' waveforms.
 
 Report directory::
 
@@ -27,7 +25,7 @@ import json
 import logging
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,16 +34,19 @@ import numpy as np
 from . import __version__
 from .audio import resample, save_audio
 from .features import FeatureConfig, estimate_f0
-from .metrics import METRICS, MetricInfo, UtteranceMetrics
+from .metrics import (
+    METRICS,
+    SYSTEM_DESCRIPTIONS,
+    SYSTEMS,
+    DirectionResults,
+    EvaluationResults,
+    MetricInfo,
+)
+from .metrics.results import json_ready
 from .utils import atomic_write_bytes
 
 __all__ = [
-    "DIRECTIONS",
     "REPORT_FORMAT_VERSION",
-    "SYSTEMS",
-    "SYSTEM_DESCRIPTIONS",
-    "DirectionResults",
-    "EvaluationResults",
     "ReportExample",
     "format_table",
     "markdown_tables",
@@ -56,125 +57,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_FORMAT_VERSION = 1
 
-#: Conversion directions: A is the source speaker of the run, B the target.
-DIRECTIONS = ("A2B", "B2A")
-
-#: Systems in display order; results may hold any subset, plus others (shown after these).
-SYSTEMS = ("cyclegan", "no_conversion", "mean_variance", "world_resynthesis")
-
-SYSTEM_DESCRIPTIONS = {
-    "cyclegan": "CycleGAN-VC: the trained model's conversion",
-    "no_conversion": "the source speech itself, scored against the target (the ceiling to beat)",
-    "mean_variance": "baseline: MCEP mean-variance conversion and log-Gaussian F0 transform, WORLD synthesis",
-    "world_resynthesis": "the target speech after WORLD analysis-synthesis (the floor of the pipeline)",
-}
-
 # One colour per system, stable across plots.
 _COLOURS = {"cyclegan": "#d62728", "no_conversion": "#7f7f7f", "mean_variance": "#1f77b4", "world_resynthesis": "#2ca02c"}
 _EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#ff7f0e")
-
-
-# --------------------------------------------------------------------------------------------------
-# Results structure
-# --------------------------------------------------------------------------------------------------
-
-
-def _finite_stats(values: Sequence[float]) -> dict[str, float | int]:
-    arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
-    arr = arr[np.isfinite(arr)]
-    if arr.size == 0:
-        return {"mean": float("nan"), "std": float("nan"), "n": 0}
-    return {"mean": float(arr.mean()), "std": float(arr.std()), "n": int(arr.size)}
-
-
-@dataclass
-class DirectionResults:
-    """Per-utterance metrics of every system in one conversion direction.
-
-    Attributes:
-        source: source speaker name (e.g. ``"SF1"``).
-        target: target speaker name (e.g. ``"TF2"``).
-        systems: system name -> utterance rows (same sentences for every system, ideally).
-    """
-
-    source: str
-    target: str
-    systems: dict[str, list[UtteranceMetrics]] = field(default_factory=dict)
-
-    def system_names(self) -> list[str]:
-        """Systems in display order: :data:`SYSTEMS` first, then the others as inserted."""
-        known = [s for s in SYSTEMS if s in self.systems]
-        return known + [s for s in self.systems if s not in SYSTEMS]
-
-    def summary(self) -> dict[str, dict[str, dict[str, float | int]]]:
-        """``system -> metric key -> {"mean", "std", "n"}`` over finite values (NaN rows skipped)."""
-        return {
-            name: {m.key: _finite_stats([getattr(r, m.key) for r in self.systems[name]]) for m in _ALL_KEYS}
-            for name in self.system_names()
-        }
-
-    def means(self) -> dict[str, dict[str, float]]:
-        """``system -> metric key -> mean``."""
-        return {s: {k: v["mean"] for k, v in per.items()} for s, per in self.summary().items()}
-
-
-# Summarised keys: the displayed metrics plus the other DNSMOS scores.
-_ALL_KEYS: tuple[MetricInfo, ...] = METRICS + (
-    MetricInfo("dnsmos_sig", "DNSMOS SIG", "MOS", False, 2),
-    MetricInfo("dnsmos_bak", "DNSMOS BAK", "MOS", False, 2),
-    MetricInfo("dnsmos_p808", "DNSMOS P.808", "MOS", False, 2),
-)
-
-
-@dataclass
-class EvaluationResults:
-    """All results of one evaluation run: ``directions["A2B"].systems["cyclegan"]`` -> utterance rows.
-
-    ``meta`` is free-form JSON-ready information (model path, iteration, data paths, ...).
-    """
-
-    directions: dict[str, DirectionResults] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def direction_names(self) -> list[str]:
-        known = [d for d in DIRECTIONS if d in self.directions]
-        return known + [d for d in self.directions if d not in DIRECTIONS]
-
-    def means(self) -> dict[str, dict[str, dict[str, float]]]:
-        """``direction -> system -> metric key -> mean``."""
-        return {d: self.directions[d].means() for d in self.direction_names()}
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN as None) with summaries and utterance rows."""
-        out: dict[str, Any] = {"meta": _json_ready(self.meta), "directions": {}}
-        for name in self.direction_names():
-            d = self.directions[name]
-            summary = d.summary()
-            out["directions"][name] = {
-                "source": d.source,
-                "target": d.target,
-                "systems": {
-                    s: {"summary": _json_ready(summary[s]), "utterances": [r.to_dict() for r in d.systems[s]]}
-                    for s in d.system_names()
-                },
-            }
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EvaluationResults":
-        """Inverse of :meth:`to_dict`; also reads a ``metrics.json`` (summaries are recomputed)."""
-        if "directions" not in data:
-            raise ValueError("results need a 'directions' mapping")
-        directions = {}
-        for name, d in data["directions"].items():
-            try:
-                systems = {
-                    s: [UtteranceMetrics.from_dict(r) for r in block["utterances"]] for s, block in d["systems"].items()
-                }
-                directions[name] = DirectionResults(source=str(d["source"]), target=str(d["target"]), systems=systems)
-            except (KeyError, TypeError) as exc:
-                raise ValueError(f"direction {name!r}: malformed results ({exc!r})") from exc
-        return cls(directions=directions, meta=dict(data.get("meta", {})))
 
 
 @dataclass
@@ -196,24 +81,6 @@ class ReportExample:
     waves: dict[str, np.ndarray]
     sample_rate: int
     f0: dict[str, np.ndarray] | None = None
-
-
-def _json_ready(obj: Any) -> Any:
-    """Replace NaN/inf by None and numpy scalars/arrays by Python values, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_ready(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # --------------------------------------------------------------------------------------------------
@@ -589,8 +456,8 @@ def write_report(
         **results.to_dict(),
         "examples": example_audio,
     }
-    data["meta"] = _json_ready(meta)
-    text = json.dumps(_json_ready(data), indent=2, allow_nan=False) + "\n"
+    data["meta"] = json_ready(meta)
+    text = json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n"
     written["metrics.json"] = atomic_write_bytes(out_dir / "metrics.json", text.encode("utf-8"))
     md = _render_markdown(title, results, conventions, example_audio)
     written["summary.md"] = atomic_write_bytes(out_dir / "summary.md", md.encode("utf-8"))
