@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +53,7 @@ from . import __version__
 from .features import FeatureConfig
 from .models import build_generator
 from .stats import SpeakerStats
+from .utils import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -146,12 +146,6 @@ def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _fsync_replace(tmp: str, path: Path) -> None:
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], kind: str) -> Path:
     """Write a nested ``payload`` (tensors, numbers, strings, lists, dicts) atomically as ``kind``."""
     path = Path(path)
@@ -166,15 +160,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], kind: str)
         "structure": json.dumps(structure, separators=(",", ":")),
     }
     metadata["sha256"] = _digest(tensors, metadata)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        _fsync_replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -245,17 +231,7 @@ def require_keys(payload: dict[str, Any], keys: tuple[str, ...], path: str | os.
 
 def copy_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Copy a checkpoint file atomically (for milestone and best copies)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        _fsync_replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(target, lambda tmp: shutil.copyfile(source, tmp), durable=True)
 
 
 # --- the exported conversion model ----------------------------------------------------------------

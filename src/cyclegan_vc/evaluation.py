@@ -28,10 +28,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +43,7 @@ from .directions import DIRECTIONS
 from .features import FeatureConfig, WorldFeatures, analyze, analyze_envelope, synthesize
 from .metrics import SYSTEMS, DirectionResults, EvaluationResults, Evaluator, conventions, mean_variance_convert
 from .options import ConversionOptions
+from .pools import process_pool, stop_pool
 from .prepare import load_manifest
 from .report import ReportExample, format_table, write_report
 from .utils import WorkersDied, read_json
@@ -286,9 +285,8 @@ def evaluate(
     pool = None
     if use_pool:
         workers = min(jobs or os.cpu_count() or 1, len(sentences))
-        pool = ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_init_worker,
-            initargs=(str(model), speaker_similarity, naturalness, converter.options, str(converter.device)),
+        pool = process_pool(
+            workers, _init_worker, (str(model), speaker_similarity, naturalness, converter.options, str(converter.device))
         )
     try:
         if pool is not None:
@@ -316,7 +314,7 @@ def evaluate(
         raise WorkersDied("evaluate()") from exc
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            stop_pool(pool)
     examples.sort(key=lambda e: list(DIRECTIONS).index(e.direction))  # all of A2B, then B2A
     for direction, (_, src, tgt, _, _) in DIRECTIONS.items():
         block = DirectionResults(source=converter.speakers[src], target=converter.speakers[tgt])

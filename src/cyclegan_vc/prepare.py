@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import zipfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from .audio import AudioError, load_audio
 from .data.corpus import list_audio_files, utterance_id
 from .data.corpus import paper_split as apply_paper_split
 from .features import FeatureConfig, analyze, encode_aperiodicity
+from .pools import process_pool, stop_pool
 from .stats import SpeakerStats, StatsAccumulator
 from .utils import OutsideFailure, UserError, WorkersDied, atomic_save_npz, atomic_write_json, read_json
 
@@ -195,8 +195,8 @@ def prepare(
                 results[key] = _analyze_to_cache(str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict())
                 bar.update()
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
+            pool = process_pool(min(jobs, len(todo)))
+            try:
                 futures = {
                     pool.submit(_analyze_to_cache, str(job.audio), str(cache_dir / f"{key}.npz"), config.to_dict()): key
                     for key, job in todo.items()
@@ -208,11 +208,12 @@ def prepare(
                     except BrokenProcessPool as exc:  # not this file's fault: every pending file would fail alike
                         raise WorkersDied("prepare()") from exc
                     except CacheWriteError:
-                        pool.shutdown(wait=True, cancel_futures=True)
                         raise
                     except Exception as exc:  # an analysis crash in one file must not end the run
                         results[key] = f"analysis failed: {exc}"
                     bar.update()
+            finally:  # also on Ctrl-C or a full disk: files not started are not started
+                stop_pool(pool)
     finally:
         bar.close()
 

@@ -9,17 +9,17 @@ workers).
 
 from __future__ import annotations
 
+import errno
 import glob
 import itertools
 import logging
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +30,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..audio import AUDIO_EXTENSIONS, AudioError
 from ..directions import direction as _direction
 from ..options import ConversionOptions
-from ..utils import WorkersDied
+from ..pools import process_pool, stop_pool
+from ..utils import WorkersDied, disk_full
 from .converter import SegmentMap, VoiceConverter, load_converter
 from .workers import convert_in_worker, init_worker, pooled_segments
 
@@ -136,12 +137,15 @@ def _duration(path: Path) -> float:
 def _plan(files: list[tuple[Path, Path]], out: Path) -> list[tuple[Path, Path, str | None]]:
     """``(input, output, problem or None)`` for every file: an output that is the input itself, or
     that an earlier input's conversion would write, is a problem decided before any work (so the
-    result does not depend on the order in which parallel workers finish)."""
+    result does not depend on the order in which parallel workers finish). The same input given twice
+    (a file and a folder holding it, say) is converted once."""
     planned: dict[Path, Path] = {}  # resolved output -> the input that writes it
     plan = []
     for path, rel in files:
         target = out / rel.with_suffix(".wav")
         key = target.resolve()
+        if key in planned and planned[key].resolve() == path.resolve():
+            continue
         if key in planned:
             problem = f"output {target} would overwrite the conversion of {planned[key]}"
         elif key == path.resolve():
@@ -169,6 +173,11 @@ def convert_one(
         return exc.problem
     except BrokenProcessPool:  # the workers died: not this file's fault
         raise
+    except OSError as exc:
+        if disk_full(exc, target.parent):  # every other file would fail alike: stop the batch
+            raise OSError(errno.ENOSPC, f"no space left on the disk writing {target}", str(target)) from None
+        log.debug("conversion of %s failed", path, exc_info=True)
+        return f"cannot write {target}: {exc.strerror or exc}"
     except Exception as exc:  # one bad file must not end the batch
         log.debug("conversion of %s failed", path, exc_info=True)
         return f"conversion failed: {type(exc).__name__}: {exc}"
@@ -290,10 +299,7 @@ def convert(
                 finished(index, problem)
 
         if use_pool:
-            pool = ProcessPoolExecutor(
-                workers, mp_context=get_context("spawn"), initializer=init_worker,
-                initargs=(str(model), converter.options, "cpu"),
-            )
+            pool = process_pool(workers, init_worker, (str(model), converter.options, "cpu"))
             try:  # long files first, chunk by chunk
                 in_order([item for item in todo if item[1] in long], pooled_segments(converter, pool, workers + 1))
                 futures = {  # then the others, a file per worker
@@ -309,8 +315,8 @@ def convert(
                     finished(index, problem)
             except BrokenProcessPool as exc:  # not one file's fault: every pending file would fail alike
                 raise WorkersDied("convert()") from exc
-            finally:  # also on an interrupt: files not yet started are not started
-                pool.shutdown(cancel_futures=True)
+            finally:  # also on an interrupt or a full disk: files not yet started are not started
+                stop_pool(pool)
         else:
             in_order(todo)
     report.wall_seconds = time.perf_counter() - start

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from importlib import resources
@@ -39,8 +38,8 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from ..audio import AudioError, load_audio, save_audio
-from ..utils import OutsideFailure, atomic_write_json, read_json
+from ..audio import AudioError, limit_peaks, load_audio
+from ..utils import OutsideFailure, atomic_write, atomic_write_json, read_json
 
 __all__ = [
     "DEFAULT_N_EVAL",
@@ -136,10 +135,8 @@ def _plan(
 def _render(binary: str, job: _Job, dest: Path) -> None:
     """Synthesise one sentence with flite and place it atomically at ``dest / job.relpath`` (16 kHz WAV)."""
     out = dest / job.relpath
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.wav", dir=out.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         result = subprocess.run(
             [binary, "-voice", job.voice, "-t", job.text, "-o", tmp], capture_output=True, text=True, check=False
         )
@@ -153,12 +150,10 @@ def _render(binary: str, job: _Job, dest: Path) -> None:
         except AudioError as exc:
             raise DemoCorpusError(f"flite wrote unusable audio for {job.relpath} ({exc.problem})") from None
         info = sf.info(tmp)
-        if (info.samplerate, info.channels, info.subtype) == (DEMO_SAMPLE_RATE, 1, "PCM_16"):
-            os.replace(tmp, out)  # already what we want: keep flite's bytes
-        else:
-            save_audio(out, wave, DEMO_SAMPLE_RATE)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        if (info.samplerate, info.channels, info.subtype) != (DEMO_SAMPLE_RATE, 1, "PCM_16"):
+            sf.write(tmp, limit_peaks(wave), DEMO_SAMPLE_RATE, subtype="PCM_16")  # else keep flite's bytes
+
+    atomic_write(out, write, suffix=".wav")
 
 
 def _previous_texts(manifest_path: Path) -> dict[str, str]:
