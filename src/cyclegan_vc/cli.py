@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -205,6 +206,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
+PRESETS = "paper | small | debug | vc2 | vc2-small | mask | mask-small"
 MCEP_HELP = "mel-cepstrum (coded spectral envelope) dimension (default 24, the paper's)"
 
 
@@ -276,14 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-split", action="store_true", help="first half of source files, second half of target")
     p.add_argument("--f0", choices=["harvest", "dio"], default=None, help="F0 estimator (default harvest)")
     _add_jobs_option(p)
-    p.add_argument("--mcep-dim", type=_positive_int, default=24, help=MCEP_HELP + "; train with "
-                   "--set model.generator_kwargs.in_channels=N --set model.discriminator_kwargs.in_height=N")
+    p.add_argument("--mcep-dim", type=_positive_int, default=24,
+                   help=MCEP_HELP + "; train builds its networks for the prepared data's dimension")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="train CycleGAN-VC on prepared data")
     p.add_argument("--data", required=True, type=Path, help="prepared-data directory")
     p.add_argument("--run", required=True, type=Path, help="run directory (config, checkpoints, logs)")
-    p.add_argument("--preset", default="paper", help="paper | small | debug")
+    p.add_argument("--preset", default=None, help=f"{PRESETS} or a YAML file (default: paper; a resumed run keeps its own)")
     p.add_argument("--iterations", type=int, default=None, help="total iterations (default: the preset's)")
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop cleanly after this many minutes")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest state")
@@ -386,16 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during training: 128 + the signal, as a shell says
+        print(f"cyclegan-vc {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 128 + int(getattr(exc, "signum", signal.SIGINT))
     except _USER_MISTAKES as exc:
         log.debug("error", exc_info=True)
         print(f"cyclegan-vc {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, OutsideFailure) as exc:  # the machine's: a full disk, the network, killed workers
+    except (OSError, OutsideFailure, FloatingPointError) as exc:  # a full disk, the network, killed workers, NaN
         log.debug("error", exc_info=True)
-        print(f"cyclegan-vc {args.command}: failed: {exc}", file=sys.stderr)
+        print(f"cyclegan-vc {args.command}: failed: {_describe(exc)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a fault of the toolkit: say so, and where the traceback is
         log.debug("error", exc_info=True)
@@ -405,6 +407,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's line: an ``OSError`` as "FILE: what" rather than "[Errno 28] ... 'FILE'"."""
+    if not isinstance(exc, OSError) or not exc.strerror:
+        return str(exc)
+    if exc.filename is None or str(exc.filename) in exc.strerror:
+        return exc.strerror
+    return f"{exc.filename}: {exc.strerror}"
 
 
 #: What the user can fix (a path, a flag, a folder's contents): one line, exit status 2. ``ValueError``

@@ -11,7 +11,7 @@
 
 from ..devices import cpu_has_native_bf16
 from .data import CropSampler, EvalUtterance, MaskSampler, TrainingData
-from .loop import STATE_LATEST, NonFiniteLoss, TrainSummary, train
+from .loop import STATE_LATEST, NonFiniteLoss, TrainingStopped, TrainSummary, train
 from .steps import _use_fused_adam, reference_train_step  # noqa: F401  (_use_fused_adam: benchmarks/train_step.py)
 from .trainer import ROLES, SECOND_STEP_DISCRIMINATORS, Trainer, lr_factor
 
@@ -26,6 +26,7 @@ __all__ = [
     "TrainSummary",
     "Trainer",
     "TrainingData",
+    "TrainingStopped",
     "cpu_has_native_bf16",
     "lr_factor",
     "reference_train_step",

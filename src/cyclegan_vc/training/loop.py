@@ -8,7 +8,8 @@ Run directory written by :func:`train`::
     RUN/model_latest.safetensors             exported conversion model, latest weights
     RUN/model_best.safetensors               exported conversion model with the best validation score
     RUN/validation.json                      every validation: step and metrics
-    RUN/data.json                            {"prepared": absolute path of the prepared-data directory}
+    RUN/data.json                            {"prepared": absolute path of the prepared-data directory,
+                                              "speakers": role -> speaker name}
     RUN/samples/step_00005000/A2B_<id>.wav   converted held-out utterances
     RUN/tensorboard/                         scalars (losses, learning rates, validation) and audio
 """
@@ -33,11 +34,11 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..checkpoint import MODEL_BEST, MODEL_LATEST, CheckpointError, copy_checkpoint, read_metadata
 from ..config import Config, apply_overrides, config_from_dict, read_preset, save_config
-from ..utils import UserError, atomic_write_json, read_json
+from ..utils import UserError, atomic_write_json, read_json, remove_stale_temporaries
 from .data import TrainingData
 from .trainer import Trainer
 
-__all__ = ["STATE_LATEST", "NonFiniteLoss", "TrainSummary", "train"]
+__all__ = ["STATE_LATEST", "NonFiniteLoss", "TrainSummary", "TrainingStopped", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,15 @@ class TrainSummary:
     model_best: Path | None
     model_latest: Path
     state: Path
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped the run after saving its state; :attr:`signum` says which (the command
+    line exits with 128 + signum, as a shell reports a process the signal ended)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -144,7 +154,7 @@ def _resolve_config(run: Path, preset: str | os.PathLike | None, resume: bool, i
         if not isinstance(base, dict):
             raise CheckpointError(state, "holds no config")
         if preset is not None:
-            log.info("resuming: using the run's saved config; preset %s is ignored", preset)
+            log.warning("resuming: the run's saved config is used; --preset %s is ignored", preset)
     else:
         if state.exists():
             raise UserError(f"{run} already holds a training run: pass --resume to continue it, or choose another run folder")
@@ -185,6 +195,35 @@ def _history_until(run: Path, history: list[dict[str, Any]], trainer: Trainer) -
                 f"from step {best_step}, after the resumed step {step}" if best_step is not None else "unreadable", step,
             )
     return kept
+
+
+def _check_same_data(run: Path, data: Path, speakers: dict[str, str]) -> None:
+    """On resume: the run continues on the prepared data it was trained on.
+
+    Another folder than ``RUN/data.json`` names is refused while that one exists (it would switch
+    speakers, or their statistics, silently); a moved folder is accepted when it holds the same speakers.
+    """
+    info = run / "data.json"
+    try:
+        recorded = read_json(info)
+        before = Path(recorded["prepared"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # an older run or a damaged file: nothing to compare with
+    if before == data.resolve():
+        return
+    names = recorded.get("speakers")
+    if names is None and (run / MODEL_LATEST).is_file():
+        try:
+            names = json.loads(read_metadata(run / MODEL_LATEST)["structure"]).get("speakers")
+        except (CheckpointError, ValueError, AttributeError):
+            names = None
+    if before.is_dir() or names != speakers:
+        was = f"{names['A']} -> {names['B']}, " if isinstance(names, dict) and {"A", "B"} <= set(names) else ""
+        raise UserError(
+            f"{run} was trained on {before} ({was}see {info}), not {data}: resume with --data {before}, "
+            f"or train a new run on {data}"
+        )
+    log.warning("resuming %s on %s: its prepared data was %s, which is gone; the speakers are the same", run, data, before)
 
 
 def train(
@@ -229,26 +268,35 @@ def train(
     run that stopped without saving, are dropped: the resumed run validates those steps again.
 
     Raises:
-        KeyboardInterrupt: after saving the state and the latest model, when SIGINT or SIGTERM stopped
-            the run (a resume continues it exactly).
-        UserError: a new run into a folder that holds one, or a resume of a folder that holds none.
+        TrainingStopped: (a KeyboardInterrupt) after saving the state and the latest model, when SIGINT
+            or SIGTERM stopped the run (a resume continues it exactly); its ``signum`` says which.
+        UserError: a new run into a folder that holds one, a resume of a folder that holds none, or a
+            resume on other prepared data than the run's.
         NonFiniteLoss: a loss became NaN or infinite (the last saved state is kept).
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    run = Path(run)
+    run, data = Path(run), Path(data)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run}: the run folder is a file; choose a folder")
     config = _resolve_config(run, preset, resume, iterations, overrides)
     t = config.training
     training_data = TrainingData.from_prepared(data, eval_pairs=t.validation_utterances)
+    if resume:
+        _check_same_data(run, data, training_data.speakers)
     trainer = Trainer(config, training_data, device=device)
     ckpt_dir = run / "checkpoints"
     state_path = ckpt_dir / STATE_LATEST
+    for folder in (run, ckpt_dir):  # what a killed run was writing
+        if folder.is_dir():
+            for tmp in remove_stale_temporaries(folder):
+                log.info("removed %s, left by a process that was killed while writing it", tmp)
     if resume:
         trainer.load(state_path)
         log.info("resumed %s at step %d", run, trainer.step)
     save_config(trainer.config, run / "config.yaml", package_version=__version__)
     # Where the features came from: evaluation finds the speakers' training recordings through it.
-    atomic_write_json(run / "data.json", {"prepared": str(Path(data).resolve())})
+    atomic_write_json(run / "data.json", {"prepared": str(data.resolve()), "speakers": dict(training_data.speakers)})
     history_path = run / "validation.json"
     history = read_json(history_path) if (resume and history_path.is_file()) else []
     if resume:
@@ -262,7 +310,7 @@ def train(
 
     writer = SummaryWriter(str(run / "tensorboard"), purge_step=trainer.step + 1 if resume else None)
     saved_step = trainer.step if resume else -1
-    validated_step = -1
+    validated_step = int(history[-1]["step"]) if history else -1  # a resumed finished run validates nothing twice
     stopped = "completed"
     checks = _LossCheck()
     start = time.monotonic()
@@ -349,7 +397,7 @@ def train(
         finally:
             writer.close()
     if stopped == "interrupted":
-        raise KeyboardInterrupt(f"training interrupted at step {saved_step}; state saved in {state_path}")
+        raise TrainingStopped(f"training interrupted at step {saved_step}; state saved in {state_path}", stop.signal or signal.SIGINT)
     best = run / MODEL_BEST
     return TrainSummary(
         run=run,
