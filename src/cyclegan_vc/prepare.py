@@ -33,7 +33,15 @@ from .data.corpus import paper_split as apply_paper_split
 from .features import FeatureConfig, analyze, encode_aperiodicity
 from .pools import process_pool, stop_pool
 from .stats import SpeakerStats, StatsAccumulator
-from .utils import OutsideFailure, UserError, WorkersDied, atomic_save_npz, atomic_write_json, read_json
+from .utils import (
+    OutsideFailure,
+    UserError,
+    WorkersDied,
+    atomic_save_npz,
+    atomic_write_json,
+    read_json,
+    remove_stale_temporaries,
+)
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -161,7 +169,12 @@ def prepare(
         config = config.replace(f0_method=f0)
     out = Path(out)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "cache"
+    for folder in (out, cache_dir):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a file: the prepared data (and its cache) go into a folder")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    for tmp in remove_stale_temporaries(cache_dir):  # what a killed run was writing
+        log.info("removed %s, left by a process that was killed while writing it", tmp)
 
     listing: dict[tuple[str, str], list[tuple[Path, str]]] = {
         ("A", "train"): _collect(Path(source)),
