@@ -102,3 +102,13 @@ def unguarded_script_dies(tmp_path):
         return errors[0]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_prepared, tmp_path_factory) -> Path:
+    """An exported model trained for 2 iterations of the ``debug`` preset on ``tiny_prepared`` (a real
+    model file of the toolkit's format; its conversions are not meant to sound like anyone)."""
+    from cyclegan_vc.training import train
+
+    run = tmp_path_factory.mktemp("tiny_model") / "run"
+    return train(tiny_prepared, run, preset="debug", iterations=2, device="cpu", progress=False).model_latest

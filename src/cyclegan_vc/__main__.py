@@ -4,4 +4,5 @@ import sys
 
 from .cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not in the spawned workers, which import this module as __mp_main__
+    sys.exit(main())

@@ -96,7 +96,8 @@ def _analyze_to_cache(audio: str, dest: str, config: dict) -> tuple[int, float] 
             ap_coded=encode_aperiodicity(feats.ap, cfg).astype(np.float32),
         )
     except OSError as exc:  # the output's fault (a full disk, no permission), not the recording's
-        raise CacheWriteError(f"cannot write the feature cache {dest}: {exc.strerror or exc}") from None
+        why = os.strerror(exc.errno) if exc.errno else str(exc)  # ENOSPC: "No space left on device"
+        raise CacheWriteError(f"cannot write the feature cache {dest}: {why}") from None
     return feats.n_frames, wave.size / rate
 
 
