@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from cyclegan_vc import cli
 from cyclegan_vc.prepare import prepare
@@ -117,3 +118,127 @@ def test_a_time_budget_must_be_a_positive_number(tmp_path, capsys, minutes):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["train", "--data", str(tmp_path), "--run", str(tmp_path / "r"), "--minutes", minutes])
     assert exit_.value.code == 2 and "expected a number > 0" in capsys.readouterr().err
+
+
+# -- a full disk in train and convert ------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs (mounted by the test; skipped where that needs a root this process is not)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    (disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
+
+
+def _failed_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"cyclegan-vc {command}:")]
+    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    return lines[0]
+
+
+def test_a_full_disk_during_train_stops_it_with_one_line_and_keeps_the_last_state(tiny_prepared, small_disk, capsys):
+    from cyclegan_vc.checkpoint import STATE_KIND, load_checkpoint
+
+    run = small_disk / "run"
+    args = ["train", "--data", str(tiny_prepared), "--run", str(run), "--preset", "debug", "--iterations", "4",
+            "--device", "cpu", "--set", "training.checkpoint_interval=1", "--set", "training.milestone_interval=0"]
+    assert cli.main(args) == 0
+    capsys.readouterr()
+    used = sum(p.stat().st_size for p in (run / "checkpoints").iterdir())
+    _fill(small_disk, used // 2)  # room for less than one more state
+    code = cli.main([*args[:7], "8", *args[8:], "--resume"])
+    line = _failed_line(capsys, "train")
+    assert code == 1
+    assert "no space left on the disk" in line.lower() and str(run) in line, line
+    assert int(load_checkpoint(run / "checkpoints" / "state_latest.safetensors", STATE_KIND)["step"]) >= 4
+    assert not [p for p in run.rglob(".*") if ".tmp" in p.name]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_full_disk_during_convert_stops_the_batch_with_one_line(vcc_file, tiny_model, small_disk, tmp_path, capsys, jobs):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for n in (100001, 100002, 100003, 100004):
+        shutil.copy(vcc_file("SF1", n), inputs / f"{n}.flac")
+    out = small_disk / "out"
+    out.mkdir()
+    _fill(small_disk, 40 * 1024)  # room for about one converted file
+    code = cli.main(["convert", str(inputs), "--model", str(tiny_model), "--out", str(out), "--jobs", jobs, "--f0", "dio"])
+    line = _failed_line(capsys, "convert")
+    assert code == 1
+    assert "no space left on the disk" in line.lower() and str(out) in line, line
+    for wav in out.glob("*.wav"):  # what was written is whole
+        assert sf.info(str(wav)).frames > 0
+    assert not [p for p in out.rglob(".*")]
+
+
+# -- what a killed process leaves, file modes, resuming ---------------------------------------------------
+def test_temporaries_of_killed_processes_are_removed_and_others_kept(tmp_path):
+    from cyclegan_vc.utils import _host, atomic_write_bytes, remove_stale_temporaries
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".model.safetensors.{_host()}-{dead.pid}.k3j4h5g6.tmp"
+    live = tmp_path / f".model.safetensors.{_host()}-{os.getpid()}.a1b2c3d4.tmp"
+    other_host = tmp_path / f".model.safetensors.elsewhere-{dead.pid}.a1b2c3d4.tmp"
+    for path in (stale, live, other_host):
+        path.write_bytes(b"half")
+    atomic_write_bytes(tmp_path / "model.safetensors", b"whole")
+    assert not stale.exists() and live.exists() and other_host.exists()
+    assert remove_stale_temporaries(tmp_path) == []
+    assert (tmp_path / "model.safetensors").read_bytes() == b"whole"
+
+
+def test_every_file_a_run_writes_has_the_umask_mode(tiny_prepared, tmp_path):
+    from cyclegan_vc.training import train
+
+    old = os.umask(0o022)
+    try:
+        train(tiny_prepared, tmp_path / "run", preset="debug", iterations=2, device="cpu", progress=False,
+              overrides=["training.milestone_interval=1"])
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file() and "tensorboard" not in p.parts]
+    assert files and {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}, {p.name: oct(p.stat().st_mode & 0o777) for p in files}
+
+
+def test_resume_on_other_prepared_data_is_refused(tiny_prepared, tiny_model, corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model.parent, run)
+    other = prepare(corpus / "TM3", corpus / "SF1", tmp_path / "other", f0="dio", jobs=1, progress=False)
+    assert other["speakers"]["A"]["name"] == "TM3"
+    before = (run / "data.json").read_text()
+    code = cli.main(["train", "--data", str(tmp_path / "other"), "--run", str(run), "--resume", "--iterations", "4", "--device", "cpu"])
+    assert code == 2
+    line = _failed_line(capsys, "train")
+    assert str(tiny_prepared.resolve()) in line and "--data" in line, line
+    assert (run / "data.json").read_text() == before
+
+
+def test_resuming_a_finished_run_adds_no_validation(tiny_prepared, tiny_model, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model.parent, run)
+    before = json.loads((run / "validation.json").read_text())
+    assert cli.main(["train", "--data", str(tiny_prepared), "--run", str(run), "--resume", "--device", "cpu"]) == 0
+    assert json.loads((run / "validation.json").read_text()) == before
+    assert "preset" not in capsys.readouterr().err  # no preset was given, none is said to be ignored
+
+
+def test_the_same_input_given_twice_is_converted_once(vcc_file, tiny_model, tmp_path, capsys):
+    audio = tmp_path / "in" / "a.flac"
+    audio.parent.mkdir()
+    shutil.copy(vcc_file("SF1", 100002), audio)
+    code = cli.main(["convert", str(audio), str(audio.parent), "--model", str(tiny_model), "--out", str(tmp_path / "out"),
+                     "--f0", "dio"])
+    assert code == 0, capsys.readouterr()
+    assert "converted 1 file(s)" in capsys.readouterr().out

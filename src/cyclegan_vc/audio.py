@@ -100,6 +100,15 @@ def validate_waveform(
     return wave
 
 
+def _missing(path: Path) -> str:
+    """Why ``path`` is not a file to read."""
+    if path.is_symlink():
+        return "a symbolic link to nothing (its target is missing, or a loop of links)"
+    if path.is_dir():
+        return "a folder, not an audio file"
+    return "no such file"
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int | None = 16000,
@@ -117,7 +126,7 @@ def load_audio(
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioError(path, "no such file")
+        raise AudioError(path, _missing(path))
     if path.stat().st_size == 0:
         raise AudioError(path, "empty file (0 bytes)")
     try:
@@ -185,7 +194,7 @@ class AudioStream:
     def __init__(self, path: str | os.PathLike):
         self.path = path = Path(path)
         if not path.is_file():
-            raise AudioError(path, "no such file")
+            raise AudioError(path, _missing(path))
         if path.stat().st_size == 0:
             raise AudioError(path, "empty file (0 bytes)")
         try:

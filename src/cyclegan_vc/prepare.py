@@ -294,15 +294,26 @@ def load_manifest(prepared_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest; run `cyclegan-vc prepare` first")
     manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not a manifest (a JSON {type(manifest).__name__}, expected an object)")
     if manifest.get("format_version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: manifest format {manifest.get('format_version')}, expected {MANIFEST_VERSION}")
+        raise UserError(f"{path}: manifest format {manifest.get('format_version')}, expected {MANIFEST_VERSION}")
+    speakers = manifest.get("speakers")
+    if not isinstance(manifest.get("features"), dict) or not isinstance(speakers, dict) or not all(
+        isinstance(speakers.get(role), dict) and isinstance(speakers[role].get("train"), list) for role in ROLES
+    ):
+        raise UserError(f"{path}: a damaged manifest (its features or speakers are missing); run `cyclegan-vc prepare` again")
     return manifest
 
 
 def load_stats(prepared_dir: str | os.PathLike) -> dict[str, SpeakerStats]:
     """Per-role statistics ``{"A": SpeakerStats, "B": SpeakerStats}``."""
-    raw = read_json(Path(prepared_dir) / "stats.json")
-    return {role: SpeakerStats.from_dict(raw[role]) for role in ROLES}
+    path = Path(prepared_dir) / "stats.json"
+    raw = read_json(path)
+    try:
+        return {role: SpeakerStats.from_dict(raw[role]) for role in ROLES}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: damaged speaker statistics ({type(exc).__name__}: {exc}); run `cyclegan-vc prepare` again") from None
 
 
 def feature_config(prepared_dir: str | os.PathLike) -> FeatureConfig:
@@ -312,8 +323,20 @@ def feature_config(prepared_dir: str | os.PathLike) -> FeatureConfig:
 def load_features(prepared_dir: str | os.PathLike, entry: dict) -> dict[str, np.ndarray]:
     """The cached arrays of one manifest entry: ``f0`` (T,), ``mcep`` (T, D), ``ap_coded`` (T, bands)."""
     path = Path(prepared_dir) / entry["features"]
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise UserError(f"{path}: a feature file of the manifest is missing; run `cyclegan-vc prepare` again") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(
+            f"{path}: a damaged feature file ({type(exc).__name__}: {exc}); run `cyclegan-vc prepare` again, "
+            "which analyses it anew"
+        ) from None
+    missing = {"f0", "mcep"} - set(arrays)
+    if missing:
+        raise UserError(f"{path}: a damaged feature file (no {', '.join(sorted(missing))}); run `cyclegan-vc prepare` again")
+    return arrays
 
 
 def format_summary(manifest: dict) -> str:

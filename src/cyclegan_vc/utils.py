@@ -147,7 +147,12 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON document at ``path``; a damaged one is a :class:`UserError` naming the file."""
+    text = Path(path).read_bytes()
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{path}: not a valid JSON file ({exc}); it was damaged or is not the toolkit's") from None
 
 
 class UserError(ValueError):

@@ -107,7 +107,7 @@ def _expand(item: str | os.PathLike, exclude: Path | None = None) -> tuple[list[
         files = sorted(
             p
             for p in path.rglob("*")
-            if p.is_file()
+            if (p.is_file() or p.is_symlink())  # a broken link is reported, not silently left out
             and p.suffix.lower() in AUDIO_EXTENSIONS
             and not p.name.startswith(".")
             and not (exclude is not None and p.resolve().is_relative_to(exclude) and not root.is_relative_to(exclude))
