@@ -197,6 +197,19 @@ def _history_until(run: Path, history: list[dict[str, Any]], trainer: Trainer) -
     return kept
 
 
+class _NoWriter:
+    """The TensorBoard writer of the ranks that write nothing."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def add_audio(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _check_same_data(run: Path, data: Path, speakers: dict[str, str]) -> None:
     """On resume: the run continues on the prepared data it was trained on.
 
@@ -285,30 +298,36 @@ def train(
     if resume:
         _check_same_data(run, data, training_data.speakers)
     trainer = Trainer(config, training_data, device=device)
+    main = trainer.world.main  # in a distributed run, rank 0 alone writes files
     ckpt_dir = run / "checkpoints"
     state_path = ckpt_dir / STATE_LATEST
-    for folder in (run, ckpt_dir):  # what a killed run was writing
+    for folder in (run, ckpt_dir) if main else ():  # what a killed run was writing
         if folder.is_dir():
             for tmp in remove_stale_temporaries(folder):
                 log.info("removed %s, left by a process that was killed while writing it", tmp)
     if resume:
         trainer.load(state_path)
         log.info("resumed %s at step %d", run, trainer.step)
-    save_config(trainer.config, run / "config.yaml", package_version=__version__)
-    # Where the features came from: evaluation finds the speakers' training recordings through it.
-    atomic_write_json(run / "data.json", {"prepared": str(data.resolve()), "speakers": dict(training_data.speakers)})
+    if main:
+        save_config(trainer.config, run / "config.yaml", package_version=__version__)
+        # Where the features came from: evaluation finds the speakers' training recordings through it.
+        atomic_write_json(run / "data.json", {"prepared": str(data.resolve()), "speakers": dict(training_data.speakers)})
     history_path = run / "validation.json"
     history = read_json(history_path) if (resume and history_path.is_file()) else []
-    if resume:
+    if resume and main:
         history = _history_until(run, history, trainer)
         atomic_write_json(history_path, history)
+    elif resume:
+        history = [entry for entry in history if int(entry["step"]) <= trainer.step]
     log.info(
-        "training %s -> %s on %s: %d iterations, %s", training_data.speakers["A"], training_data.speakers["B"],
+        "training %s -> %s on %s: %d iterations, %s%s", training_data.speakers["A"], training_data.speakers["B"],
         trainer.device, t.iterations, "validation on %d eval pairs" % len(training_data.eval_pairs)
         if training_data.eval_pairs else "validation by cycle error (no eval pairs)",
+        f"; {trainer.world.size} processes, a global batch of {trainer.world.size * t.batch_size}"
+        if trainer.world.distributed else "",
     )
 
-    writer = SummaryWriter(str(run / "tensorboard"), purge_step=trainer.step + 1 if resume else None)
+    writer = SummaryWriter(str(run / "tensorboard"), purge_step=trainer.step + 1 if resume else None) if main else _NoWriter()
     saved_step = trainer.step if resume else -1
     validated_step = int(history[-1]["step"]) if history else -1  # a resumed finished run validates nothing twice
     stopped = "completed"
@@ -318,13 +337,17 @@ def train(
     def save_all() -> None:
         nonlocal saved_step
         checks.raise_if_bad(saved_step)
-        trainer.save(state_path)
-        trainer.export(run / MODEL_LATEST, metrics=history[-1] if history else None)
+        trainer.save(state_path)  # every rank: it gathers their draws
+        if main:
+            trainer.export(run / MODEL_LATEST, metrics=history[-1] if history else None)
         saved_step = trainer.step
 
     def validate() -> None:
         nonlocal validated_step
         checks.raise_if_bad(saved_step)
+        if not main:  # rank 0 validates; the others go on to the next iteration's all-reduce and wait there
+            validated_step = trainer.step
+            return
         metrics = trainer.validate(samples_dir=run / "samples" / f"step_{trainer.step:08d}", writer=writer)
         validated_step = trainer.step
         for key, value in metrics.items():
@@ -338,7 +361,7 @@ def train(
             text += " (best)"
         log.info("step %d validation: %s", trainer.step, text)
 
-    bar = tqdm(total=t.iterations, initial=trainer.step, unit="it", dynamic_ncols=True, disable=not progress, desc="train")
+    bar = tqdm(total=t.iterations, initial=trainer.step, unit="it", dynamic_ncols=True, disable=not progress or not main, desc="train")
     stop = _StopFlag()
     try:
         with stop:
@@ -367,12 +390,16 @@ def train(
                 milestone = t.milestone_interval and step % t.milestone_interval == 0
                 if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or milestone:
                     save_all()
-                    if milestone:
+                    if milestone and main:
                         copy_checkpoint(state_path, ckpt_dir / f"state_{step:08d}.safetensors")
-                if stop.signal is not None:
+                # every rank stops at the same step: a signal or the budget on any of them stops all
+                signalled, out_of_time = trainer.world.agree(
+                    stop.signal is not None, minutes is not None and time.monotonic() - start >= minutes * 60
+                )
+                if signalled:
                     stopped = "interrupted"
                     break
-                if minutes is not None and time.monotonic() - start >= minutes * 60:
+                if out_of_time:
                     stopped = "time_budget"
                     log.info("time budget of %g min reached at step %d", minutes, step)
                     break

@@ -21,6 +21,7 @@ from torch import nn
 from ..directions import DISCRIMINATORS, GENERATORS
 from ..losses import l1, lsgan_discriminator, lsgan_generator
 from ..models import WeightGradientSink, gemm_convolutions
+from .distributed import average_gradients
 
 if TYPE_CHECKING:
     from ..config import TrainingConfig
@@ -108,6 +109,7 @@ def fast_train_step(
     with plain_convolutions():
         set_gradients(losses["generator"], g_params, retain_graph=True)  # through the discriminators: their weights get nothing
         set_gradients(losses["discriminator"], d_params, retain_graph=False)  # stops at the fakes: the generators get nothing
+    average_gradients((p for role in trainer.roles for p in trainer.networks[role].parameters()), trainer.world)
     for role in trainer.roles:
         _use_fused_adam(trainer.optimizers[role])
         trainer.optimizers[role].step()
@@ -195,6 +197,7 @@ def reference_train_step(
         for role in GENERATORS:
             trainer.optimizers[role].zero_grad(set_to_none=True)
         loss_g.backward()
+        average_gradients((p for role in GENERATORS for p in trainer.networks[role].parameters()), trainer.world)
         for role in GENERATORS:
             trainer.optimizers[role].step()
     finally:
@@ -213,6 +216,7 @@ def reference_train_step(
     for role in discriminators:
         trainer.optimizers[role].zero_grad(set_to_none=True)
     losses["discriminator"].backward()
+    average_gradients((p for role in discriminators for p in trainer.networks[role].parameters()), trainer.world)
     for role in discriminators:
         trainer.optimizers[role].step()
 

@@ -51,6 +51,7 @@ from ..directions import DISCRIMINATORS, GENERATORS
 from ..models import build_discriminator, build_generator
 from ..options import ConversionOptions
 from .data import CropSampler, MaskSampler, TrainingData, rng_state, set_rng_state
+from .distributed import World, rank_seed, world
 from .steps import fast_train_step, reference_train_step
 from .validation import ReferenceCepstra, validate
 
@@ -107,6 +108,10 @@ class Trainer:
                 log.info("the prepared data has %d mel-cepstral coefficients: the networks take them", data.feature_dim)
             config = fitted
         self.config = config
+        #: the processes of this training (torchrun); a single process unless WORLD_SIZE > 1
+        self.world: World = world()
+        if self.world.distributed and str(device) in ("auto", "cuda") and torch.cuda.is_available():
+            device = f"cuda:{self.world.local_rank}"
         self.device = resolve_device(device)
         t, m = config.training, config.model
         self.roles: tuple[str, ...] = ROLES + (SECOND_STEP_DISCRIMINATORS if t.two_step_adversarial else ())
@@ -136,9 +141,10 @@ class Trainer:
         self.best: float | None = None
         self.data = data
         self.sampler: CropSampler | None = None
+        seed = rank_seed(t.seed, self.world.rank)  # each rank draws its own crops and masks
         if data is not None:
-            self.sampler = CropSampler(data.mceps, t.crop_frames, t.batch_size, t.seed, t.short_utterances, data.ids)
-        self.masks = MaskSampler(t.mask_frames, t.seed) if t.mask_frames > 0 else None
+            self.sampler = CropSampler(data.mceps, t.crop_frames, t.batch_size, seed, t.short_utterances, data.ids)
+        self.masks = MaskSampler(t.mask_frames, seed) if t.mask_frames > 0 else None
         # training.compile: the step calls compiled wrappers of the networks (same parameters); validation,
         # export and the reference step call the networks themselves
         self.calls: dict[str, Callable[..., torch.Tensor]] = dict(self.networks)
@@ -275,8 +281,14 @@ class Trainer:
             mask_b = self.masks.sample(y.shape[0], y.shape[-1]) if mask_b is None else mask_b
             mask_a, mask_b = mask_a.to(self.device, torch.float32), mask_b.to(self.device, torch.float32)
         if x.shape != y.shape:  # the batched calls need equal shapes
-            return reference_train_step(self, x, y, mask_a, mask_b)
-        return fast_train_step(self, x, y, mask_a, mask_b)
+            losses = reference_train_step(self, x, y, mask_a, mask_b)
+        else:
+            losses = fast_train_step(self, x, y, mask_a, mask_b)
+        if self.world.distributed:  # the global batch's losses, the same on every rank
+            names = list(losses)
+            averaged = self.world.mean(torch.stack([losses[k] for k in names]))
+            losses = dict(zip(names, averaged.unbind()))
+        return losses
 
     # -- conversion and validation ----------------------------------------------------------------
     @contextmanager
@@ -308,8 +320,9 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The full training state as a nested dict of tensors and numbers."""
-        return {
+        """The full training state as a nested dict of tensors and numbers; in a distributed run (a
+        collective: every rank calls it) with ``ranks``, each rank's ``rng``, ``sampler`` and ``masks``."""
+        state = {
             "networks": {role: net.state_dict() for role, net in self.networks.items()},
             "ema": {role: net.state_dict() for role, net in self.ema.items()} or None,
             "optimizers": {role: opt.state_dict() for role, opt in self.optimizers.items()},
@@ -322,15 +335,28 @@ class Trainer:
             },
             "step": self.step,
             "best": self.best,
+            **self._own_draws(),
+            "config": self.config.to_dict(),
+        }
+        if self.world.distributed:  # every rank's draws (a collective), for an exact resume of each
+            state["ranks"] = self.world.gather(self._own_draws())
+        return state
+
+    def _own_draws(self) -> dict[str, Any]:
+        """What this process draws from: the global generators, the crop and mask samplers."""
+        return {
             "rng": rng_state(),
             "sampler": self.sampler.state_dict() if self.sampler is not None else None,
             "masks": self.masks.state_dict() if self.masks is not None else None,
-            "config": self.config.to_dict(),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the full training state atomically (see :mod:`cyclegan_vc.checkpoint`)."""
-        return save_checkpoint(path, self.state_dict(), STATE_KIND)
+        """Write the full training state atomically (see :mod:`cyclegan_vc.checkpoint`); in a distributed
+        run every rank calls it and rank 0 writes."""
+        state = self.state_dict()
+        if self.world.main:
+            save_checkpoint(path, state, STATE_KIND)
+        return Path(path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a state written by :meth:`save` (any device) for an exact continuation.
@@ -375,6 +401,7 @@ class Trainer:
             log.info("%s holds no generator weight average: starting it from the checkpoint's weights", path)
         self.step = int(payload["step"])
         self.best = None if payload["best"] is None else float(payload["best"])
+        payload.update(self._draws_of_this_rank(payload, path))
         if self.sampler is not None:
             if payload["sampler"] is None:
                 raise CheckpointError(path, "holds no sampler state")
@@ -385,6 +412,21 @@ class Trainer:
             self.masks.load_state_dict(payload["masks"])
         set_rng_state(payload["rng"])
         self._apply_schedule()
+
+    def _draws_of_this_rank(self, payload: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+        """The ``rng``/``sampler``/``masks`` entries this rank resumes from: its own when the state was
+        saved by as many processes, else (with a warning: the continuation is then not exact) rank 0's
+        own or fresh draws."""
+        ranks = payload.get("ranks") or [{k: payload[k] for k in ("rng", "sampler", "masks") if k in payload}]
+        if len(ranks) == self.world.size:
+            return ranks[self.world.rank]
+        log.warning(
+            "%s was saved by %d process(es), this run has %d: training continues, but not exactly as it would have",
+            path, len(ranks), self.world.size,
+        )
+        if self.world.rank < len(ranks):
+            return ranks[self.world.rank]
+        return self._own_draws()  # this rank's fresh samplers
 
     def export(self, path: str | os.PathLike, metrics: dict[str, float] | None = None) -> Path:
         """Write the conversion model (both generators, statistics, feature settings, config)."""
