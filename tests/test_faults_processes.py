@@ -93,9 +93,9 @@ TRAIN = ["train", "--preset", "debug", "--iterations", "40", "--device", "cpu",
          "--set", "training.checkpoint_interval=2", "--set", "training.milestone_interval=0"]
 
 
-def _weights(run: Path) -> dict:
+def _weights(run: Path) -> tuple[int, dict]:
     state = load_checkpoint(run / "checkpoints" / "state_latest.safetensors", STATE_KIND)
-    return {"step": state["step"], **load_file(str(run / "model_latest.safetensors"))}
+    return int(state["step"]), load_file(str(run / "model_latest.safetensors"))
 
 
 def test_kill_9_at_random_moments_of_train_then_resume_gives_the_uninterrupted_weights(tiny_prepared, tmp_path):
@@ -120,8 +120,8 @@ def test_kill_9_at_random_moments_of_train_then_resume_gives_the_uninterrupted_w
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained to step 40" in done.stdout
-    want, got = _weights(base), _weights(run)
-    assert want.keys() == got.keys() and int(got["step"]) == 40
+    (base_step, want), (step, got) = _weights(base), _weights(run)
+    assert want.keys() == got.keys() and base_step == step == 40
     for name in want:
         assert got[name].equal(want[name]), name
     assert not _temporaries(run)
@@ -135,7 +135,7 @@ def _start_and_kill(command: list[str], sig: int, ready) -> tuple[subprocess.Pop
 
     def spawned() -> bool:
         workers.update(_descendants(proc.pid))
-        return len(workers) >= 3 and ready()  # two workers and the resource tracker
+        return len(workers) >= 2 and ready()  # two workers (and the resource tracker)
 
     _wait_for(spawned, "worker processes", proc)
     proc.send_signal(sig)
