@@ -29,19 +29,24 @@ SAME_CROPS = textwrap.dedent(
     import sys
     import torch
     from cyclegan_vc.config import load_config
-    from cyclegan_vc.training import CropSampler, Trainer, TrainingData
+    from cyclegan_vc.training import CropSampler, MaskSampler, Trainer, TrainingData
 
     data = TrainingData.from_prepared(sys.argv[1], eval_pairs=0)
     config = load_config(sys.argv[3], ["training.identity_steps=2"])
     trainer = Trainer(config, data, device="cpu")
     crops = CropSampler(data.mceps, config.training.crop_frames, 2, seed=123)  # one batch of 2 for every run
+    masks = MaskSampler(config.training.mask_frames, seed=5) if config.training.mask_frames else None
     rank, size = trainer.world.rank, trainer.world.size
     share = 2 // size
     losses = []
     for _ in range(3):
         x, y = crops.sample("A"), crops.sample("B")
         mine = slice(rank * share, (rank + 1) * share)
-        out = trainer.train_step(x[mine], y[mine])
+        if masks is None:
+            out = trainer.train_step(x[mine], y[mine])
+        else:
+            ma, mb = masks.sample(2, x.shape[-1]), masks.sample(2, y.shape[-1])
+            out = trainer.train_step(x[mine], y[mine], ma[mine], mb[mine])
         losses.append({k: float(v) for k, v in out.items()})
     if trainer.world.main:
         torch.save({

@@ -156,7 +156,7 @@ def test_a_full_disk_during_train_stops_it_with_one_line_and_keeps_the_last_stat
     capsys.readouterr()
     used = sum(p.stat().st_size for p in (run / "checkpoints").iterdir())
     _fill(small_disk, used // 2)  # room for less than one more state
-    code = cli.main([*args[:7], "8", *args[8:], "--resume"])
+    code = cli.main([*args[:8], "8", *args[9:], "--resume"])
     line = _failed_line(capsys, "train")
     assert code == 1
     assert "no space left on the disk" in line.lower() and str(run) in line, line

@@ -16,11 +16,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_line(capsys, command: str) -> str:
+    """The error: one line, or one line and the indented list of a config's invalid keys."""
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip() and " INFO " not in line and " WARNING " not in line]
-    assert "Traceback" not in err and len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err and lines and all(line.startswith("  ") for line in lines[1:]), err[-3000:]
     assert lines[0].startswith(f"cyclegan-vc {command}: "), lines[0]
-    return lines[0]
+    return " ".join(line.strip() for line in lines)
 
 
 @pytest.fixture(scope="module")
