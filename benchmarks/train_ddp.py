@@ -76,7 +76,7 @@ def main() -> None:
                 env["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
             command = [
                 sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-                "-m", "cyclegan_vc", "train", "--data", str(data), "--run", str(run), "--preset", args.preset,
+                "-m", "cyclegan_vc", "train", "--data", str(data), "--run-dir", str(run), "--preset", args.preset,
                 "--iterations", str(args.iterations), "--device", args.device,
                 "--set", f"training.batch_size={args.batch}", "--set", "training.log_interval=1",
                 "--set", "training.validation_interval=0", "--set", "training.checkpoint_interval=0",

@@ -48,11 +48,13 @@ SAME_CROPS = textwrap.dedent(
             ma, mb = masks.sample(2, x.shape[-1]), masks.sample(2, y.shape[-1])
             out = trainer.train_step(x[mine], y[mine], ma[mine], mb[mine])
         losses.append({k: float(v) for k, v in out.items()})
+        if not losses[1:]:  # the first iteration's gradients: both runs from the same weights
+            grads = {r: [p.grad.clone() for p in net.parameters()] for r, net in trainer.networks.items()}
     if trainer.world.main:
         torch.save({
             "losses": losses,
             "weights": {r: {k: v.clone() for k, v in net.state_dict().items()} for r, net in trainer.networks.items()},
-            "grads": {r: [p.grad.clone() for p in net.parameters()] for r, net in trainer.networks.items()},
+            "grads": grads,
         }, sys.argv[2])
     """
 )
@@ -83,14 +85,18 @@ def test_two_processes_of_one_crop_are_one_process_of_two(tiny_prepared, tmp_pat
         assert la.keys() == lb.keys()
         for key in la:
             assert lb[key] == pytest.approx(la[key], rel=1e-5, abs=1e-6), (step, key)
-    worst = 0.0
+    worst_weight = worst_grad = 0.0
     for role in a["weights"]:
+        # a parameter whose exact gradient is zero (a bias before instance normalisation) gets rounding noise,
+        # which Adam normalises into steps of the learning rate (2e-4): 3 of them bound the difference
         for name, w in a["weights"][role].items():
-            torch.testing.assert_close(b["weights"][role][name], w, rtol=1e-4, atol=1e-5)
-            worst = max(worst, float((b["weights"][role][name] - w).abs().max()))
-        for ga, gb in zip(a["grads"][role], b["grads"][role]):
-            torch.testing.assert_close(gb, ga, rtol=1e-3, atol=1e-5)
-    print(f"{preset}: largest weight difference after 3 iterations {worst:.2e}")
+            torch.testing.assert_close(b["weights"][role][name], w, rtol=0, atol=3 * 2 * 2e-4)
+            worst_weight = max(worst_weight, float((b["weights"][role][name] - w).abs().max()))
+        for ga, gb in zip(a["grads"][role], b["grads"][role]):  # the mean of two gradients is the batch's
+            error = float((gb - ga).norm() / ga.norm().clamp_min(1e-12))
+            assert error < 1e-4, (role, error)
+            worst_grad = max(worst_grad, error)
+    print(f"{preset}: first gradients within {worst_grad:.1e} (relative norm), weights after 3 iterations within {worst_weight:.1e}")
 
 
 TRAIN = ["-m", "cyclegan_vc", "train", "--preset", "debug", "--iterations", "16", "--device", "cpu",
@@ -105,7 +111,7 @@ def _files(run: Path) -> list[str]:
 def test_a_killed_two_process_run_resumes_exactly_and_rank_0_alone_writes(tiny_prepared, tmp_path):
     base = tmp_path / "base"
     started = time.monotonic()
-    done = subprocess.run([*TORCHRUN, *TRAIN, "--data", str(tiny_prepared), "--run", str(base)], env=ENV,
+    done = subprocess.run([*TORCHRUN, *TRAIN, "--data", str(tiny_prepared), "--run-dir", str(base)], env=ENV,
                           capture_output=True, text=True, timeout=600)
     duration = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
@@ -115,19 +121,19 @@ def test_a_killed_two_process_run_resumes_exactly_and_rank_0_alone_writes(tiny_p
     assert len(list((base / "tensorboard").rglob("events.*"))) == 1
 
     single = tmp_path / "single"
-    done = subprocess.run([sys.executable, *TRAIN, "--data", str(tiny_prepared), "--run", str(single)], env=ENV,
+    done = subprocess.run([sys.executable, *TRAIN, "--data", str(tiny_prepared), "--run-dir", str(single)], env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _files(base) == _files(single)  # the same files as one process writes: none twice, none per rank
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*TORCHRUN, *TRAIN, "--data", str(tiny_prepared), "--run", str(run)], env=ENV,
+    proc = subprocess.Popen([*TORCHRUN, *TRAIN, "--data", str(tiny_prepared), "--run-dir", str(run)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     time.sleep(random.Random(6).uniform(0.5, 0.8) * duration)
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks at once, as a lost machine
     proc.communicate()
     resume = ["--resume"] if (run / "checkpoints" / "state_latest.safetensors").is_file() else []
-    done = subprocess.run([*TORCHRUN, *TRAIN, "--data", str(tiny_prepared), "--run", str(run), *resume], env=ENV,
+    done = subprocess.run([*TORCHRUN, *TRAIN, "--data", str(tiny_prepared), "--run-dir", str(run), *resume], env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     want, got = load_file(str(base / "model_latest.safetensors")), load_file(str(run / "model_latest.safetensors"))

@@ -99,7 +99,7 @@ def test_hostile_audio_converts_or_fails_with_one_line_each(vcc_file, tiny_model
             outcome[name] = f"refused: {failed[name]}"
         elif stem in converted:
             wave, rate = sf.read(str(out / f"{stem}.wav"))
-            assert wave.size > 0 and np.isfinite(wave).all() and np.abs(wave).max() < 1.0, name
+            assert wave.size > 0 and np.isfinite(wave).all() and np.abs(wave).max() <= 1.0, name
             outcome[name] = f"converted ({wave.size / rate:.2f} s)"
     for name in sorted(outcome):
         print(f"{name:<32} {outcome[name]}")

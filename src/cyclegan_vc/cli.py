@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train CycleGAN-VC on prepared data")
     p.add_argument("--data", required=True, type=Path, help="prepared-data directory")
-    p.add_argument("--run", required=True, type=Path, help="run directory (config, checkpoints, logs)")
+    p.add_argument("--run", "--run-dir", dest="run", required=True, type=Path,
+                   help="run directory (config, checkpoints, logs); --run-dir under torchrun, whose own --run-path takes --run")
     p.add_argument("--preset", default=None, help=f"{PRESETS} or a YAML file (default: paper; a resumed run keeps its own)")
     p.add_argument("--iterations", type=_positive_int, default=None, help="total iterations (default: the preset's)")
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop cleanly after this many minutes")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -215,6 +216,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
+#: the largest integer a config accepts (iterations, sizes): beyond it a value is a typo, not a plan
+MAX_INT = 10**12
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """``value`` as the annotated type, accepting YAML's spellings of numbers; else :class:`ConfigError`."""
     origin = typing.get_origin(annotation)
@@ -232,8 +237,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             except ValueError:
                 raise wrong from None
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if isinstance(value, int):
+            if abs(value) > MAX_INT:
+                raise ConfigError(f"{key}: {value:.3g} is too large (at most {MAX_INT:.0e})")
             return value
         raise wrong
     if annotation is float:
@@ -241,10 +248,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise wrong
         if isinstance(value, str):
             try:
-                return float(value.replace("_", ""))
+                value = float(value.replace("_", ""))
             except ValueError:
                 raise wrong from None
         if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise wrong
     if annotation is str:
@@ -347,12 +356,17 @@ def preset_path(name: str) -> Path:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a config is YAML in UTF-8)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {what}") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: a configuration must be a mapping, got {type(data).__name__}")
     return data or {}

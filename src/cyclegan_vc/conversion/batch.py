@@ -110,7 +110,7 @@ def _expand(item: str | os.PathLike, exclude: Path | None = None) -> tuple[list[
             if (p.is_file() or p.is_symlink())  # a broken link is reported, not silently left out
             and p.suffix.lower() in AUDIO_EXTENSIONS
             and not p.name.startswith(".")
-            and not (exclude is not None and p.resolve().is_relative_to(exclude) and not root.is_relative_to(exclude))
+            and not (exclude is not None and Path(os.path.realpath(p)).is_relative_to(exclude) and not root.is_relative_to(exclude))
         )
         if not files:
             return [], f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder"
@@ -143,12 +143,12 @@ def _plan(files: list[tuple[Path, Path]], out: Path) -> list[tuple[Path, Path, s
     plan = []
     for path, rel in files:
         target = out / rel.with_suffix(".wav")
-        key = target.resolve()
-        if key in planned and planned[key].resolve() == path.resolve():
+        key = Path(os.path.realpath(target))
+        if key in planned and os.path.realpath(planned[key]) == os.path.realpath(path):
             continue
         if key in planned:
             problem = f"output {target} would overwrite the conversion of {planned[key]}"
-        elif key == path.resolve():
+        elif key == Path(os.path.realpath(path)):
             problem = "output would overwrite the input (choose another output folder)"
         else:
             problem = None
