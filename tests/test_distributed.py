@@ -92,10 +92,12 @@ def test_two_processes_of_one_crop_are_one_process_of_two(tiny_prepared, tmp_pat
         for name, w in a["weights"][role].items():
             torch.testing.assert_close(b["weights"][role][name], w, rtol=0, atol=3 * 2 * 2e-4)
             worst_weight = max(worst_weight, float((b["weights"][role][name] - w).abs().max()))
-        for ga, gb in zip(a["grads"][role], b["grads"][role]):  # the mean of two gradients is the batch's
-            error = float((gb - ga).norm() / ga.norm().clamp_min(1e-12))
-            assert error < 1e-4, (role, error)
-            worst_grad = max(worst_grad, error)
+        # the mean of two gradients is the batch's: per network (a bias before instance normalisation has an
+        # exact gradient of zero, so its own relative error is that of rounding noise against noise)
+        ga, gb = (torch.cat([g.reshape(-1) for g in run["grads"][role]]) for run in (a, b))
+        error = float((gb - ga).norm() / ga.norm())
+        assert error < 1e-4, (role, error)
+        worst_grad = max(worst_grad, error)
     print(f"{preset}: first gradients within {worst_grad:.1e} (relative norm), weights after 3 iterations within {worst_weight:.1e}")
 
 

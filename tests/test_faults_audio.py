@@ -103,16 +103,17 @@ def test_hostile_audio_converts_or_fails_with_one_line_each(vcc_file, tiny_model
             outcome[name] = f"converted ({wave.size / rate:.2f} s)"
     for name in sorted(outcome):
         print(f"{name:<32} {outcome[name]}")
-    # the control and its flac twin share an output name: the second is refused, named, before any work
+    # control_speech.flac and .wav share an output name: the second in order (.wav) is refused before any work
     assert set(outcome) == set(names), sorted(set(names) - set(outcome))
     assert code == 1  # some inputs failed
-    for name in ("control_speech.wav", "link_to_speech.wav", "pcm24.wav", "float64.wav", "eight_channels.wav",
+    for name in ("control_speech.flac", "link_to_speech.wav", "pcm24.wav", "float64.wav", "eight_channels.wav",
                  "rate_384khz.wav", "clipped.wav", "speech_in_long_silence.wav"):
         assert outcome[name].startswith("converted"), (name, outcome[name])
     for name in ("random_bytes.wav", "zero_length.wav", "nan_samples.wav", "inf_samples.wav", "all_zeros_30s.wav",
                  "one_sample.wav", "dangling_link.wav", "loop_a.wav", "text_named_wav.wav", "flac_magic_random_body.flac"):
         assert outcome[name].startswith("refused"), (name, outcome[name])
     assert "symbolic link to nothing" in failed["dangling_link.wav"]
+    assert "would overwrite the conversion of" in failed["control_speech.wav"]
     assert not [p for p in out.rglob(".*")]  # no temporary left behind
     if os.geteuid() != 0:  # root reads a file of mode 0 all the same
         assert outcome["unreadable.wav"].startswith("refused"), outcome["unreadable.wav"]
