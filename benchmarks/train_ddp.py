@@ -80,7 +80,7 @@ def main() -> None:
                 "--iterations", str(args.iterations), "--device", args.device,
                 "--set", f"training.batch_size={args.batch}", "--set", "training.log_interval=1",
                 "--set", "training.validation_interval=0", "--set", "training.checkpoint_interval=0",
-                "--set", "training.milestone_interval=0", "--set", "training.validation_utterances=0",
+                "--set", "training.milestone_interval=0",
             ]
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode != 0:
