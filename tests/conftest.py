@@ -42,6 +42,23 @@ def vcc_file(vcc_root):
     return get
 
 
+@pytest.fixture(scope="session")
+def training_corpus(vcc_root, tmp_path_factory):
+    """``make(name, ids)``: a new folder holding ``SF1/`` and ``TM3/`` with copies of those real VCC 2016
+    training files (``{id}.flac``)."""
+    import shutil
+
+    def make(name: str, ids) -> Path:
+        root = tmp_path_factory.mktemp(name)
+        for spk in ("SF1", "TM3"):
+            (root / spk).mkdir()
+            for n in ids:
+                shutil.copy(vcc_root / "vcc2016_training" / spk / f"{n}.flac", root / spk / f"{n}.flac")
+        return root
+
+    return make
+
+
 #: Real VCC 2016 utterances behind the ``tiny_prepared`` fixture: among the shortest (about 1.1-1.3 s) of
 #: SF1 and TM3, two training files per speaker and one parallel evaluation sentence.
 TINY_TRAIN_IDS = (100082, 100158)

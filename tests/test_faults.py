@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -21,29 +23,33 @@ TRAIN_IDS = (100082, 100158, 100086, 100140)
 
 
 @pytest.fixture(scope="module")
-def corpus(vcc_root, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults_corpus")
-    for spk in ("SF1", "TM3"):
-        (root / spk).mkdir()
-        for n in TRAIN_IDS:
-            shutil.copy(vcc_root / "vcc2016_training" / spk / f"{n}.flac", root / spk / f"{n}.flac")
-    return root
+def corpus(training_corpus) -> Path:
+    return training_corpus("faults_corpus", TRAIN_IDS)
+
+
+@contextmanager
+def _tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``mount`` (skipped where that needs a root this process is not)."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    (disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
 
 
 @pytest.fixture
 def nearly_full_disk(tmp_path):
     """A 1 MiB tmpfs with about 40 KiB left: room for a feature file or two, not for all of them."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        free = shutil.disk_usage(mount).free
-        (mount / "filler").write_bytes(b"\0" * max(0, free - 40 * 1024))
+    with _tmpfs(tmp_path / "disk", "1m") as mount:
+        _fill(mount, 40 * 1024)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
@@ -123,20 +129,9 @@ def test_a_time_budget_must_be_a_positive_number(tmp_path, capsys, minutes):
 # -- a full disk in train and convert ------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MiB tmpfs (mounted by the test; skipped where that needs a root this process is not)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
+    """A 16 MiB tmpfs."""
+    with _tmpfs(tmp_path / "small", "16m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(disk: Path, leave: int) -> None:
-    (disk / "filler").write_bytes(b"\0" * max(0, shutil.disk_usage(disk).free - leave))
 
 
 def _failed_line(capsys, command: str) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,14 +26,9 @@ TRAIN_IDS = (100001, 100002, 100003, 100004, 100005, 100006, 100007, 100008)
 
 
 @pytest.fixture(scope="module")
-def corpus(vcc_root, tmp_path_factory) -> Path:
+def corpus(training_corpus) -> Path:
     """Eight real training files per speaker (SF1, TM3)."""
-    root = tmp_path_factory.mktemp("kill_corpus")
-    for spk in ("SF1", "TM3"):
-        (root / spk).mkdir()
-        for n in TRAIN_IDS:
-            shutil.copy(vcc_root / "vcc2016_training" / spk / f"{n}.flac", root / spk / f"{n}.flac")
-    return root
+    return training_corpus("kill_corpus", TRAIN_IDS)
 
 
 def _children() -> dict[int, list[int]]:

@@ -51,14 +51,6 @@ class World:
         """Whether this process writes files (checkpoints, models, logs): rank 0 only."""
         return self.rank == 0
 
-    def any(self, flag: bool) -> bool:
-        """Whether ``flag`` is true on any rank (a collective: every rank must call it)."""
-        if not self.distributed:
-            return flag
-        value = torch.tensor([1.0 if flag else 0.0], device=_device())
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` averaged over the ranks (a collective)."""
         if not self.distributed:
@@ -82,10 +74,6 @@ class World:
         values = torch.tensor([1.0 if f else 0.0 for f in flags], device=_device())
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return tuple(bool(v) for v in values.tolist())
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
 
 
 _WORLD: World | None = None
