@@ -133,7 +133,8 @@ def test_a_bad_config_file_is_one_line_naming_it(tiny_prepared, tmp_path, capsys
 
 @pytest.mark.parametrize("override", [
     "training.batch_size=0", "training.generator_lr=-1", "training.crop_frames=0", "training.iterations=1e99",
-    "training.cycle_weight=nan",
+    "training.cycle_weight=nan", "model.generator_kwargs.base_channels=-8",
+    "model.discriminator_kwargs.kernel_size=[3]", "model.generator_kwargs.n_residual_blocks=two",
 ])
 def test_zero_negative_and_huge_values_are_refused(tiny_prepared, tmp_path, capsys, override):
     code = cli.main(["train", "--data", str(tiny_prepared), "--run", str(tmp_path / "run"), "--preset", "debug",

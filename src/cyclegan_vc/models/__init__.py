@@ -80,14 +80,36 @@ def check_kwargs(kind: str, name: str, kwargs: dict[str, Any]) -> None:
         raise ValueError(f"unknown {kind} argument(s) {unknown} for {name!r}; allowed: {allowed}")
 
 
+def _check_value(kind: str, key: str, value: Any, default: Any) -> None:
+    """Raise ``ValueError`` naming ``key`` unless ``value`` has the type of ``default`` and, for sizes,
+    is positive (counts ``n_*`` may be 0)."""
+    where = f"{kind} argument {key}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        least = 0 if key.startswith("n_") else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{where} must be an integer >= {least}, got {value!r}")
+    elif isinstance(default, tuple):
+        if (not isinstance(value, (list, tuple)) or len(value) != len(default)
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise ValueError(f"{where} must be {len(default)} integers >= 1, got {value!r}")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {value!r}")
+
+
 def resolve_kwargs(kind: str, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` completed with the constructor defaults of ``name`` (after :func:`check_kwargs`)."""
+    """``kwargs`` completed with the constructor defaults of ``name`` (after :func:`check_kwargs`), each
+    value checked against its default's type: sizes are positive integers, kernels pairs of them."""
     check_kwargs(kind, name, kwargs)
     registry = {"generator": GENERATORS, "discriminator": DISCRIMINATORS}[kind]
     params = inspect.signature(registry[name].__init__).parameters
-    resolved = {p.name: p.default for p in params.values() if p.name != "self" and p.default is not p.empty}
-    resolved.update(kwargs)
-    return resolved
+    defaults = {p.name: p.default for p in params.values() if p.name != "self" and p.default is not p.empty}
+    for key, value in kwargs.items():
+        if key in defaults:
+            _check_value(kind, key, value, defaults[key])
+    return {**defaults, **kwargs}
 
 
 def build_generator(name: str, **kwargs: Any) -> nn.Module:
