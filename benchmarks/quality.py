@@ -4,6 +4,7 @@
                                  [--pairs SF1-TF2 SF1-TM3 SM1-TF2 SM1-TM3] [--preset small]
                                  [--minutes 20 | --iterations N] [--seed 0] [--set key=value ...]
                                  [--energy generator|source] [--smooth PASSES] [--eval-only]
+    python benchmarks/quality.py --compare runs/q-small runs/q-vc2 runs/q-mask [--pairs ...] [--energy ...] [--smooth N]
 
 For each pair, `cyclegan-vc recipe vcc2016` (first 81 source / last 81 target training sentences,
 training under the budget, the 54 evaluation sentences converted both ways and scored beside the
@@ -12,6 +13,11 @@ evaluation with the given conversion options (--energy, --smooth) is reused, or 
 RUN/evaluation-<energy>[-smooth<N>]/. The table: per pair and direction, MCD [dB], F0 RMSE [cents], speaker similarity to the
 target and to the source, DNSMOS overall, for the system and each baseline, and whether the system
 meets the bar (MCD <= mean-variance; sim to target >= 0.75 and >= sim to source + 0.10; DNSMOS >= 2.7).
+
+With --compare, nothing is trained or evaluated: the evaluations already made under each folder given
+(one --out each, e.g. one per preset) are printed side by side per direction, with the mean-variance
+baseline, and for each folder after the first the directions where it beats the first on both MCD
+and DNSMOS.
 """
 
 from __future__ import annotations
@@ -61,6 +67,66 @@ def matches(evaluation: Path, energy: str, smooth: int) -> bool:
     return meta.get("energy", "generator") == energy and meta.get("smooth", 0) == smooth
 
 
+def read_rows(metrics: Path, run: Path) -> list[tuple[str, object, dict[str, dict[str, float]]]]:
+    """``(direction, iterations, {system: {key: mean}})`` per direction of one evaluation."""
+    data = json.loads(metrics.read_text())
+    step = data["meta"].get("model_step")  # the evaluated model's; evaluations before it: the last validation's
+    if step is None:
+        step = json.loads((run / "validation.json").read_text())[-1]["step"] if (run / "validation.json").is_file() else "?"
+    rows = []
+    for block in data["directions"].values():
+        means = {s: {k: (v["summary"][k]["mean"] if v["summary"][k]["mean"] is not None else float("nan"))
+                     for k in KEYS} for s, v in block["systems"].items()}
+        rows.append((f"{block['source']}->{block['target']}", step, means))
+    return rows
+
+
+def found_evaluation(run: Path, energy: str, smooth: int) -> Path | None:
+    """The metrics of ``run``'s evaluation with these conversion options: the recipe's own or an --eval-only one."""
+    name = f"evaluation-{energy}" + (f"-smooth{smooth}" if smooth else "")
+    found = [d / "metrics.json" for d in (run / "evaluation", run / name) if matches(d, energy, smooth)]
+    return found[0] if found else None
+
+
+def compare(outs: list[Path], pairs: list[str], energy: str, smooth: int) -> None:
+    """Print the evaluations under several --out folders side by side (see the module's docstring)."""
+    table: dict[str, dict[str, tuple]] = {}  # direction -> label -> (iterations, means)
+    for out in outs:
+        for pair in pairs:
+            metrics = found_evaluation(out / pair, energy, smooth)
+            if metrics is None:
+                print(f"{out / pair}: no evaluation with energy {energy}, smooth {smooth}; left out")
+                continue
+            for direction, step, means in read_rows(metrics, out / pair):
+                table.setdefault(direction, {})[out.name] = (step, means)
+    header = f"{'direction':<10} {'run':<14} {'iters':>6} {'MCD dB':>7} {'F0 cents':>9} {'sim tgt':>8} {'sim src':>8} {'DNSMOS':>7}  bar"
+    print(f"energy {energy}, smooth {smooth}")
+    print(header)
+    print("-" * len(header))
+    wins = {out.name: [] for out in outs[1:]}
+    for direction, runs in table.items():
+        baseline = None
+        for label, (step, means) in runs.items():
+            m = means["cyclegan"]
+            missed = bar(means)
+            print(f"{direction:<10} {label:<14} {step!s:>6} {m['mcd_db']:7.2f} {m['f0_rmse_cents']:9.1f} {m['sim_to_target']:8.3f} "
+                  f"{m['sim_to_source']:8.3f} {m['dnsmos_ovrl']:7.2f}  {'met' if not missed else 'missed: ' + ', '.join(missed)}")
+            baseline = means["mean_variance"]
+        print(f"{direction:<10} {'mean_variance':<14} {'':>6} {baseline['mcd_db']:7.2f} {baseline['f0_rmse_cents']:9.1f} "
+              f"{baseline['sim_to_target']:8.3f} {baseline['sim_to_source']:8.3f} {baseline['dnsmos_ovrl']:7.2f}")
+        print()
+        first = runs.get(outs[0].name)
+        for label in wins:
+            if first is not None and label in runs:
+                a, b = first[1]["cyclegan"], runs[label][1]["cyclegan"]
+                if b["mcd_db"] < a["mcd_db"] and b["dnsmos_ovrl"] > a["dnsmos_ovrl"]:
+                    wins[label].append(direction)
+    for label, directions in wins.items():
+        both = sum(outs[0].name in runs and label in runs for runs in table.values())
+        print(f"{label} beats {outs[0].name} on MCD and DNSMOS in {len(directions)} of {both} directions: "
+              f"{', '.join(directions) or 'none'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=DEFAULT_VCC)
@@ -80,7 +146,12 @@ def main() -> None:
     parser.add_argument("--eval-only", action="store_true",
                         help="never train: evaluate the runs already under --out with these conversion options, "
                         "into RUN/evaluation-<energy>[-smooth<N>]/ (unless such an evaluation exists)")
+    parser.add_argument("--compare", type=Path, nargs="+", metavar="OUT",
+                        help="print the evaluations already under these --out folders side by side; train nothing")
     args = parser.parse_args()
+    if args.compare:
+        compare(args.compare, args.pairs, args.energy, args.smooth)
+        return
 
     print(hardware())
     budget = f"{args.iterations} iterations" if args.iterations else f"{args.minutes:g} minutes"
@@ -92,10 +163,9 @@ def main() -> None:
         source, target = pair.split("-")
         run = args.out / pair
         name = f"evaluation-{args.energy}" + (f"-smooth{args.smooth}" if args.smooth else "")
-        # an evaluation of this run with these conversion options: the recipe's own, or an --eval-only one
-        found = [d / "metrics.json" for d in (run / "evaluation", run / name) if matches(d, args.energy, args.smooth)]
+        found = found_evaluation(run, args.energy, args.smooth)
         if found:
-            metrics = found[0]
+            metrics = found
         elif args.eval_only or (run / "evaluation" / "metrics.json").is_file():
             if not args.eval_only:
                 print(f"{pair}: trained and evaluated with other conversion options; evaluating again into {run / name}")
@@ -114,14 +184,7 @@ def main() -> None:
             )
             print(f"{pair}: done in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
             metrics = run / "evaluation" / "metrics.json"
-        data = json.loads(metrics.read_text())
-        step = data["meta"].get("model_step")  # the evaluated model's; evaluations before it: the last validation's
-        if step is None:
-            step = json.loads((run / "validation.json").read_text())[-1]["step"] if (run / "validation.json").is_file() else "?"
-        for block in data["directions"].values():
-            means = {s: {k: (v["summary"][k]["mean"] if v["summary"][k]["mean"] is not None else float("nan"))
-                         for k in KEYS} for s, v in block["systems"].items()}
-            rows.append((f"{block['source']}->{block['target']}", step, means))
+        rows += read_rows(metrics, run)
 
     header = f"{'direction':<10} {'iters':>6} {'system':<18} {'MCD dB':>7} {'F0 cents':>9} {'sim tgt':>8} {'sim src':>8} {'DNSMOS':>7}  bar"
     print()
