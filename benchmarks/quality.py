@@ -81,9 +81,26 @@ def read_rows(metrics: Path, run: Path) -> list[tuple[str, object, dict[str, dic
     return rows
 
 
+def evaluation_name(energy: str, smooth: int) -> str:
+    """The folder of an --eval-only evaluation with these conversion options."""
+    return f"evaluation-{energy}" + (f"-smooth{smooth}" if smooth else "")
+
+
+def cells(m: dict[str, float]) -> str:
+    """One system's metric cells of a table row."""
+    return (f"{m['mcd_db']:7.2f} {m['f0_rmse_cents']:9.1f} {m['sim_to_target']:8.3f} {m['sim_to_source']:8.3f} "
+            f"{m['dnsmos_ovrl']:7.2f}")
+
+
+def verdict(means: dict[str, dict[str, float]]) -> str:
+    """The bar's verdict on the system: ``met`` or the cells it misses."""
+    missed = bar(means)
+    return "met" if not missed else "missed: " + ", ".join(missed)
+
+
 def found_evaluation(run: Path, energy: str, smooth: int) -> Path | None:
     """The metrics of ``run``'s evaluation with these conversion options: the recipe's own or an --eval-only one."""
-    name = f"evaluation-{energy}" + (f"-smooth{smooth}" if smooth else "")
+    name = evaluation_name(energy, smooth)
     found = [d / "metrics.json" for d in (run / "evaluation", run / name) if matches(d, energy, smooth)]
     return found[0] if found else None
 
@@ -105,15 +122,10 @@ def compare(outs: list[Path], pairs: list[str], energy: str, smooth: int) -> Non
     print("-" * len(header))
     wins = {out.name: [] for out in outs[1:]}
     for direction, runs in table.items():
-        baseline = None
         for label, (step, means) in runs.items():
-            m = means["cyclegan"]
-            missed = bar(means)
-            print(f"{direction:<10} {label:<14} {step!s:>6} {m['mcd_db']:7.2f} {m['f0_rmse_cents']:9.1f} {m['sim_to_target']:8.3f} "
-                  f"{m['sim_to_source']:8.3f} {m['dnsmos_ovrl']:7.2f}  {'met' if not missed else 'missed: ' + ', '.join(missed)}")
-            baseline = means["mean_variance"]
-        print(f"{direction:<10} {'mean_variance':<14} {'':>6} {baseline['mcd_db']:7.2f} {baseline['f0_rmse_cents']:9.1f} "
-              f"{baseline['sim_to_target']:8.3f} {baseline['sim_to_source']:8.3f} {baseline['dnsmos_ovrl']:7.2f}")
+            print(f"{direction:<10} {label:<14} {step!s:>6} {cells(means['cyclegan'])}  {verdict(means)}")
+        baseline = next(iter(runs.values()))[1]["mean_variance"]  # the same in every run of the pair
+        print(f"{direction:<10} {'mean_variance':<14} {'':>6} {cells(baseline)}")
         print()
         first = runs.get(outs[0].name)
         for label in wins:
@@ -162,7 +174,7 @@ def main() -> None:
     for pair in args.pairs:
         source, target = pair.split("-")
         run = args.out / pair
-        name = f"evaluation-{args.energy}" + (f"-smooth{args.smooth}" if args.smooth else "")
+        name = evaluation_name(args.energy, args.smooth)
         found = found_evaluation(run, args.energy, args.smooth)
         if found:
             metrics = found
@@ -192,13 +204,7 @@ def main() -> None:
     print("-" * len(header))
     for name, step, means in rows:
         for system in SYSTEMS:
-            m = means[system]
-            verdict = ""
-            if system == "cyclegan":
-                missed = bar(means)
-                verdict = "met" if not missed else "missed: " + ", ".join(missed)
-            print(f"{name:<10} {step!s:>6} {system:<18} {m['mcd_db']:7.2f} {m['f0_rmse_cents']:9.1f} "
-                  f"{m['sim_to_target']:8.3f} {m['sim_to_source']:8.3f} {m['dnsmos_ovrl']:7.2f}  {verdict}")
+            print(f"{name:<10} {step!s:>6} {system:<18} {cells(means[system])}  {verdict(means) if system == 'cyclegan' else ''}")
         print()
 
 
