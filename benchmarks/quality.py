@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import warnings
@@ -209,4 +210,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during training (its state is saved): 128 + the signal
+        print(f"quality.py: {exc or 'interrupted'}; the same command resumes it", file=sys.stderr)
+        sys.exit(128 + int(getattr(exc, "signum", signal.SIGINT)))
