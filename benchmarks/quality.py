@@ -213,5 +213,6 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during training (its state is saved): 128 + the signal
-        print(f"quality.py: {exc or 'interrupted'}; the same command resumes it", file=sys.stderr)
+        # a resumed pair would train longer than the budget: the pair interrupted is trained again from scratch
+        print(f"quality.py: {exc or 'interrupted'}; delete that pair's folder before running again", file=sys.stderr)
         sys.exit(128 + int(getattr(exc, "signum", signal.SIGINT)))
