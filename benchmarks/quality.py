@@ -187,6 +187,8 @@ def main() -> None:
             evaluate(run, source_dir, target_dir, run / name, options=options, progress=False)
             print(f"{pair}: evaluated in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
             metrics = run / name / "metrics.json"
+        elif (run / "checkpoints").is_dir():
+            sys.exit(f"quality.py: {run} holds a training run that did not finish (interrupted?): delete it to train {pair} again")
         else:
             start = time.perf_counter()
             recipe(
