@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from cyclegan_vc.config import Config, load_config
 from cyclegan_vc.models import WeightGradientSink, gemm_conv2d, gemm_convolutions
+from cyclegan_vc.models.gemm import tap_conv2d
 from cyclegan_vc.training import ROLES, Trainer, cpu_has_native_bf16, reference_train_step
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -231,6 +232,50 @@ def test_gemm_conv2d_equals_conv2d_and_its_gradients(shape, kernel, stride, padd
     for a, e in zip(torch.autograd.grad(got, (x, w, b), upstream), torch.autograd.grad(expected, (x, w, b), upstream)):
         torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda x, w, b: gemm_conv2d(x, w, b, stride, padding), (x, w, b))
+
+
+@pytest.mark.parametrize(
+    "shape, out_channels, kernel, padding",
+    [
+        ((2, 8, 24, 20), 1, (5, 15), (2, 2, 7, 7)),  # the VC2 / MaskCycleGAN-VC generator's output layer
+        ((3, 16, 3, 8), 1, (1, 3), (0, 0, 1, 1)),  # a discriminator's one-channel head
+        ((1, 12, 5, 6), 3, (3, 2), (1, 0, 0, 1)),  # several outputs, uneven padding, even kernel
+    ],
+)
+def test_tap_conv2d_equals_conv2d_and_its_gradients(shape, out_channels, kernel, padding):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((out_channels, shape[1], *kernel), generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(out_channels, generator=g, dtype=torch.float64, requires_grad=True)
+    top, bottom, left, right = padding
+    expected = F.conv2d(F.pad(x, (left, right, top, bottom)), w, b)
+    got = tap_conv2d(x, w, b, padding)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    for a, e in zip(torch.autograd.grad(got, (x, w, b), upstream), torch.autograd.grad(expected, (x, w, b), upstream)):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x, w, b: tap_conv2d(x, w, b, padding), (x, w, b))
+
+
+def test_output_layers_take_the_tap_path_in_cpu_training():
+    """The one-channel output layers of the 2-D networks run as tap_conv2d, the others as gemm_conv2d."""
+    from cyclegan_vc.models import build_generator
+    from cyclegan_vc.models.gemm import _TapConvFunction
+
+    G = build_generator("cyclegan_vc2", in_channels=24, base_channels=8, residual_channels=16, n_residual_blocks=1)
+    x = torch.randn(2, 24, 16)
+    out = G(x)
+    seen, names, stack = set(), [], [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in seen:
+            seen.add(id(node))
+            names.append(type(node).__name__)
+            stack += [f for f, _ in node.next_functions]
+    assert names.count(f"{_TapConvFunction.__name__}Backward") == 1  # the output layer; the 2-D layers before it are GEMMs
+    assert names.count("_GemmConvFunctionBackward") == 7  # input, 2 downsampling, 2 residual, 2 upsampling
+    with gemm_convolutions(False):
+        torch.testing.assert_close(G(x), out, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("zero", [(0,), (3,), (0, 1), (0, 4), (1, 3), (0, 1, 2, 3, 4)])

@@ -11,6 +11,10 @@ stride-(1, 2) layer above all; measured in docs/performance.md, ``benchmarks/tra
 Elsewhere (CUDA, autocast, other dtypes) and without autograd (inference, where oneDNN does well on
 long utterances) the layers call the ordinary convolution.
 
+A stride-1 2-D layer with at most a quarter as many output channels as input ones (the generators'
+and discriminators' one-channel output layers) runs as :func:`tap_conv2d` instead: one product for
+every kernel tap and a sum of shifted views, without im2col's ``C_in * kh * kw`` rows.
+
 A :class:`WeightGradientSink` lets a training step collect the weight-gradient terms of these
 convolutions during a backward pass and turn them into one GEMM per weight afterwards, written into
 persistent ``.grad`` buffers (see the training package's fast step).
@@ -26,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["GemmConv1d", "GemmConv2d", "WeightGradientSink", "gemm_conv2d", "gemm_convolutions", "live_samples"]
+__all__ = ["GemmConv1d", "GemmConv2d", "WeightGradientSink", "gemm_conv2d", "gemm_convolutions", "live_samples", "tap_conv2d"]
 
 _SINKS = threading.local()
 
@@ -206,6 +210,65 @@ def gemm_conv2d(
     return _GemmConvFunction.apply(x, weight, bias, tuple(stride), tuple(padding), weight_key, bias_key)
 
 
+class _TapConvFunction(torch.autograd.Function):
+    """A stride-1 2-D convolution with few output channels, one tap at a time after one product.
+
+    ``z = W' @ x_padded`` computes, for every kernel tap ``(i, j)`` and output channel, the channel
+    contraction at every padded position (``W'``: ``(C_out * kh * kw, C_in)``, one 1x1 product over the
+    batch); the output is the sum over taps of ``z`` shifted by ``(i, j)``, read as one strided view of
+    ``z`` (its elements are disjoint) and reduced. The backward pass writes the output gradient into
+    the same view of a zero ``dz`` and takes the two products back. For ``C_out`` much smaller than
+    ``C_in`` (an output layer of one channel) ``z`` is smaller than im2col's matrix, and no col2im loop
+    over the taps is needed.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):  # type: ignore[override]
+        top, bottom, left, right = padding
+        xp = F.pad(x, (left, right, top, bottom)).contiguous()
+        n, cin, hp, wp = xp.shape
+        cout, _, kh, kw = weight.shape
+        ho, wo = hp - kh + 1, wp - kw + 1
+        taps = cout * kh * kw
+        w2 = weight.permute(0, 2, 3, 1).reshape(taps, cin)
+        z = torch.matmul(w2, xp.view(n, cin, hp * wp))  # (N, C_out kh kw, Hp Wp)
+        geometry = ((n, cout, kh, kw, ho, wo), (taps * hp * wp, kh * kw * hp * wp, kw * hp * wp + wp, hp * wp + 1, wp, 1))
+        out = z.as_strided(*geometry).sum(dim=(2, 3))
+        if bias is not None:
+            out = out + bias.view(1, cout, 1, 1)
+        ctx.save_for_backward(xp, w2)
+        ctx.shape = (x.shape, weight.shape, geometry, padding)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        xp, w2 = ctx.saved_tensors
+        x_shape, w_shape, geometry, (top, _, left, _) = ctx.shape
+        n, cin, hp, wp = xp.shape
+        cout, _, kh, kw = w_shape
+        dz = grad.new_zeros((n, cout * kh * kw, hp * wp))
+        dz.as_strided(*geometry).copy_(grad.unsqueeze(2).unsqueeze(3).expand(geometry[0]))
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            dxp = torch.matmul(w2.t(), dz).view(n, cin, hp, wp)
+            grad_x = dxp[:, :, top : top + x_shape[2], left : left + x_shape[3]]
+        if ctx.needs_input_grad[1]:
+            dw2 = torch.bmm(dz, xp.view(n, cin, hp * wp).transpose(1, 2)).sum(0)
+            grad_w = dw2.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+def tap_conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: tuple[int, int, int, int]
+) -> torch.Tensor:
+    """``F.conv2d`` with stride 1 and zero padding ``(top, bottom, left, right)``, computed tap by tap
+    (:class:`_TapConvFunction`): ``x`` ``(N, C_in, H, W)``, ``weight`` ``(C_out, C_in, kh, kw)``.
+    Differentiable; its weight gradient goes through autograd (not a :class:`WeightGradientSink`)."""
+    return _TapConvFunction.apply(x, weight, bias, tuple(padding))
+
+
 _GEMM = {"enabled": True}
 
 
@@ -249,10 +312,13 @@ class GemmConv1d(nn.Conv1d):
 
 
 class GemmConv2d(nn.Conv2d):
-    """:class:`torch.nn.Conv2d` computed by :func:`gemm_conv2d` when training on the CPU (same parameters and keys)."""
+    """:class:`torch.nn.Conv2d` computed by :func:`gemm_conv2d` (or :func:`tap_conv2d`, for an output
+    layer) when training on the CPU (same parameters and keys)."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not _use_gemm(self, input) or input.dim() != 4:
             return super()._conv_forward(input, weight, bias)
         ph, pw = self.padding
+        if tuple(self.stride) == (1, 1) and 4 * self.out_channels <= self.in_channels:
+            return tap_conv2d(input, weight, bias, (ph, ph, pw, pw))  # an output layer: few channels out
         return gemm_conv2d(input, weight, bias, self.stride, (ph, ph, pw, pw))
