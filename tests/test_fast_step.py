@@ -257,6 +257,24 @@ def test_tap_conv2d_equals_conv2d_and_its_gradients(shape, out_channels, kernel,
     assert torch.autograd.gradcheck(lambda x, w, b: tap_conv2d(x, w, b, padding), (x, w, b))
 
 
+def test_tap_conv2d_under_a_sink_gives_gradients_to_its_params_only():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn((2, 8, 6, 10), generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn((1, 8, 3, 5), generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, generator=g, dtype=torch.float64, requires_grad=True)
+    padding = (1, 1, 2, 2)
+    expected = torch.autograd.grad(tap_conv2d(x, w, b, padding).square().sum(), (x, w, b))
+    for wanted in (w, b):
+        with WeightGradientSink([wanted]):
+            got = torch.autograd.grad(tap_conv2d(x, w, b, padding).square().sum(), (x, w, b), allow_unused=True)
+        torch.testing.assert_close(got[0], expected[0])
+        for param, grad, reference in zip((w, b), got[1:], expected[1:]):
+            if param is wanted:
+                torch.testing.assert_close(grad, reference)
+            else:
+                assert grad is None
+
+
 def test_output_layers_take_the_tap_path_in_cpu_training():
     """The one-channel output layers of the 2-D networks run as tap_conv2d, the others as gemm_conv2d."""
     from cyclegan_vc.models import build_generator

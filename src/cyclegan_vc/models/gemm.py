@@ -189,6 +189,13 @@ def live_samples(grad: torch.Tensor) -> tuple[int, int]:
     return (live[0], live[-1] + 1) if live else (0, 0)
 
 
+def _leaf_keys(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[int | None, int | None]:
+    """``id`` of ``weight`` and of ``bias`` where each is a leaf (a :class:`WeightGradientSink`'s keys), else ``None``."""
+    weight_key = id(weight) if weight.grad_fn is None else None
+    bias_key = id(bias) if bias is not None and bias.grad_fn is None else None
+    return weight_key, bias_key
+
+
 def gemm_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -205,8 +212,7 @@ def gemm_conv2d(
     """
     if weight.dim() == 3:
         stride, padding = (1, stride[1]), (0, 0, padding[2], padding[3])
-    weight_key = id(weight) if weight.grad_fn is None else None
-    bias_key = id(bias) if bias is not None and bias.grad_fn is None else None
+    weight_key, bias_key = _leaf_keys(weight, bias)
     return _GemmConvFunction.apply(x, weight, bias, tuple(stride), tuple(padding), weight_key, bias_key)
 
 
@@ -223,7 +229,7 @@ class _TapConvFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, padding, weight_key, bias_key):  # type: ignore[override]
         top, bottom, left, right = padding
         xp = F.pad(x, (left, right, top, bottom)).contiguous()
         n, cin, hp, wp = xp.shape
@@ -238,6 +244,7 @@ class _TapConvFunction(torch.autograd.Function):
             out = out + bias.view(1, cout, 1, 1)
         ctx.save_for_backward(xp, w2)
         ctx.shape = (x.shape, weight.shape, geometry, padding)
+        ctx.keys = (weight_key, bias_key)
         return out
 
     @staticmethod
@@ -252,12 +259,16 @@ class _TapConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dxp = torch.matmul(w2.t(), dz).view(n, cin, hp, wp)
             grad_x = dxp[:, :, top : top + x_shape[2], left : left + x_shape[3]]
-        if ctx.needs_input_grad[1]:
+        # an active sink's rule, as for gemm_conv2d: a leaf that is not one of its params gets no gradient
+        # (the wanted ones return theirs through autograd: its layout is not that of the sink's terms)
+        sink = _active_sink()
+        weight_key, bias_key = ctx.keys
+        if ctx.needs_input_grad[1] and (sink is None or weight_key is None or sink.wants(weight_key)):
             dw2 = torch.bmm(dz, xp.view(n, cin, hp * wp).transpose(1, 2)).sum(0)
             grad_w = dw2.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2] and (sink is None or bias_key is None or sink.wants(bias_key)):
             grad_b = grad.sum(dim=(0, 2, 3))
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def tap_conv2d(
@@ -265,8 +276,10 @@ def tap_conv2d(
 ) -> torch.Tensor:
     """``F.conv2d`` with stride 1 and zero padding ``(top, bottom, left, right)``, computed tap by tap
     (:class:`_TapConvFunction`): ``x`` ``(N, C_in, H, W)``, ``weight`` ``(C_out, C_in, kh, kw)``.
-    Differentiable; its weight gradient goes through autograd (not a :class:`WeightGradientSink`)."""
-    return _TapConvFunction.apply(x, weight, bias, tuple(padding))
+    Differentiable; under an active :class:`WeightGradientSink` only its params get a weight or bias
+    gradient, returned through autograd (not deferred)."""
+    weight_key, bias_key = _leaf_keys(weight, bias)
+    return _TapConvFunction.apply(x, weight, bias, tuple(padding), weight_key, bias_key)
 
 
 _GEMM = {"enabled": True}
