@@ -19,6 +19,7 @@ within float rounding (tested with gloo on two CPU processes).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import logging
 import os
@@ -95,11 +96,21 @@ def world() -> World:
         if cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        atexit.register(_leave)
     _WORLD = World(rank=rank, size=size, local_rank=local_rank)
     log.info("rank %d of %d (%s)", rank, size, dist.get_backend())
     if rank != 0:  # one voice: the other ranks say only what goes wrong
         logging.getLogger("cyclegan_vc").setLevel(logging.WARNING)
     return _WORLD
+
+
+def _leave() -> None:
+    """Destroy the process group before the interpreter exits. Left to the interpreter's teardown, a
+    rank that finishes first (the others still saving) can abort in gloo's threads ("terminate called
+    without an active exception", SIGABRT) and fail a run that succeeded. No barrier: after a failure
+    on one rank the others may be inside a collective, and a barrier would hang them."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _device() -> torch.device:
