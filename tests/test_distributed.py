@@ -19,10 +19,24 @@ from safetensors.torch import load_file
 
 from cyclegan_vc.checkpoint import STATE_KIND, load_checkpoint
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+# PYTHONFAULTHANDLER: a rank that dies of a signal prints where each of its threads was
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONFAULTHANDLER": "1"}
 for _name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
     ENV.pop(_name, None)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    """Two ranks of ``args`` under torchrun. Tried again (3 tries in all) only when a rank aborted after
+    its Python program had ended ("terminate called without an active exception" in C++ teardown,
+    no Python frame left): a known, rare abort of gloo processes at exit, not a failure of the run;
+    any other failure, or this one three times, fails the test."""
+    for _ in range(3):
+        done = subprocess.run([*TORCHRUN, *args], env=ENV, capture_output=True, text=True, timeout=600)
+        late_abort = "terminate called without an active exception" in done.stderr and "<no Python frame>" in done.stderr
+        if done.returncode == 0 or not late_abort:
+            return done
+    return done
 
 SAME_CROPS = textwrap.dedent(
     """
@@ -77,8 +91,7 @@ def test_two_processes_of_one_crop_are_one_process_of_two(tiny_prepared, tmp_pat
     done = subprocess.run([sys.executable, str(script), str(tiny_prepared), str(one), preset], env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run([*TORCHRUN, str(script), str(tiny_prepared), str(two), preset], env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    done = _torchrun([str(script), str(tiny_prepared), str(two), preset])
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = torch.load(one), torch.load(two)
     for step, (la, lb) in enumerate(zip(a["losses"], b["losses"])):
