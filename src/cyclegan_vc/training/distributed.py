@@ -105,10 +105,10 @@ def world() -> World:
 
 
 def _leave() -> None:
-    """Destroy the process group before the interpreter exits. Left to the interpreter's teardown, a
-    rank that finishes first (the others still saving) can abort in gloo's threads ("terminate called
-    without an active exception", SIGABRT) and fail a run that succeeded. No barrier: after a failure
-    on one rank the others may be inside a collective, and a barrier would hang them."""
+    """Destroy the process group before the interpreter exits, as torch asks. Left to the
+    interpreter's teardown, a rank more often aborts after its program has ended ("terminate called
+    without an active exception", SIGABRT; rarer with this, not gone: docs/training.md). No barrier:
+    after a failure on one rank the others may be inside a collective, and a barrier would hang them."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
