@@ -100,6 +100,12 @@ class WeightGradientSink:
         return out
 
 
+def _gets_gradient(sink: WeightGradientSink | None, key: int | None) -> bool:
+    """The sink's rule for a gradient returned through autograd: without an active ``sink`` or for a
+    non-leaf (``key`` ``None``) always; under one, only for one of its params."""
+    return sink is None or key is None or sink.wants(key)
+
+
 def _active_sink() -> WeightGradientSink | None:
     return getattr(_SINKS, "active", None)
 
@@ -153,7 +159,7 @@ class _GemmConvFunction(torch.autograd.Function):
                 grad_w = torch.mm(go, cols.t()).view(weight.shape)
             elif sink.wants(weight_key):
                 sink.add(weight_key, go, cols)
-        if ctx.needs_input_grad[2] and (sink is None or bias_key is None or sink.wants(bias_key)):
+        if ctx.needs_input_grad[2] and _gets_gradient(sink, bias_key):
             grad_b = go.sum(1)
         if ctx.needs_input_grad[0]:
             padded = grad.new_zeros((n, cin, hp, wp))
@@ -263,10 +269,10 @@ class _TapConvFunction(torch.autograd.Function):
         # (the wanted ones return theirs through autograd: its layout is not that of the sink's terms)
         sink = _active_sink()
         weight_key, bias_key = ctx.keys
-        if ctx.needs_input_grad[1] and (sink is None or weight_key is None or sink.wants(weight_key)):
+        if ctx.needs_input_grad[1] and _gets_gradient(sink, weight_key):
             dw2 = torch.bmm(dz, xp.view(n, cin, hp * wp).transpose(1, 2)).sum(0)
             grad_w = dw2.view(cout, kh, kw, cin).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[2] and (sink is None or bias_key is None or sink.wants(bias_key)):
+        if ctx.needs_input_grad[2] and _gets_gradient(sink, bias_key):
             grad_b = grad.sum(dim=(0, 2, 3))
         return grad_x, grad_w, grad_b, None, None, None
 
