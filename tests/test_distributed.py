@@ -38,6 +38,7 @@ def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
             return done
     return done
 
+
 SAME_CROPS = textwrap.dedent(
     """
     import sys
