@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from . import __version__
@@ -160,7 +160,10 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], kind: str)
         "structure": json.dumps(structure, separators=(",", ":")),
     }
     metadata["sha256"] = _digest(tensors, metadata)
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), durable=True)
+    # serialised here and written by atomic_write alone: safetensors' save_file makes its own temporary
+    # (.tmpXXXXXX) beside the target, which a kill -9 would leave behind, unnamed and never swept
+    data = save(tensors, metadata=metadata)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=True)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
