@@ -53,7 +53,7 @@ from . import __version__
 from .features import FeatureConfig
 from .models import build_generator
 from .stats import SpeakerStats
-from .utils import atomic_write
+from .utils import atomic_write, atomic_write_bytes
 
 __all__ = [
     "FORMAT",
@@ -160,10 +160,9 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], kind: str)
         "structure": json.dumps(structure, separators=(",", ":")),
     }
     metadata["sha256"] = _digest(tensors, metadata)
-    # serialised here and written by atomic_write alone: safetensors' save_file makes its own temporary
-    # (.tmpXXXXXX) beside the target, which a kill -9 would leave behind, unnamed and never swept
-    data = save(tensors, metadata=metadata)
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=True)
+    # serialised here and written by our atomic write alone: safetensors' save_file makes its own
+    # temporary (.tmpXXXXXX) beside the target, which a kill -9 would leave behind, unnamed and never swept
+    return atomic_write_bytes(path, save(tensors, metadata=metadata), durable=True)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -131,8 +131,8 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), durable=durable)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
